@@ -1,0 +1,76 @@
+// Process settings: flags first, then environment variables, then defaults. Parsed once at start;
+// a bad value stops the process with a message naming the flag and the variable.
+
+import { parseArgs } from 'node:util';
+
+export interface Settings {
+  readonly configFile: string;
+  readonly listenAddress: string;
+  readonly grpcPort: number;
+  readonly adminPort: number;
+  readonly logLevel: string;
+  readonly shutdownGraceSeconds: number;
+  /** Largest gRPC message accepted from Envoy: the biggest buffered body plus headroom. */
+  readonly grpcMaxMessageBytes: number;
+  readonly correlationTtlSeconds: number;
+}
+
+interface Option {
+  readonly flag: string;
+  readonly env: string;
+  readonly fallback: string;
+  readonly help: string;
+}
+
+export const OPTIONS = {
+  configFile: { flag: 'config', env: 'MCP_EXT_PROC_CONFIG', fallback: '', help: 'governance document (YAML); required' },
+  listenAddress: { flag: 'listen-address', env: 'MCP_EXT_PROC_LISTEN_ADDRESS', fallback: '0.0.0.0', help: 'address the gRPC and admin servers bind' },
+  grpcPort: { flag: 'grpc-port', env: 'MCP_EXT_PROC_GRPC_PORT', fallback: '50051', help: 'ext_proc gRPC port Envoy calls' },
+  adminPort: { flag: 'admin-port', env: 'MCP_EXT_PROC_ADMIN_PORT', fallback: '9911', help: 'HTTP port for /healthz, /readyz, /metrics' },
+  logLevel: { flag: 'log-level', env: 'MCP_EXT_PROC_LOG_LEVEL', fallback: 'info', help: 'trace, debug, info, warn, error' },
+  shutdownGraceSeconds: { flag: 'shutdown-grace-seconds', env: 'MCP_EXT_PROC_SHUTDOWN_GRACE_SECONDS', fallback: '25', help: 'on SIGTERM, how long in-flight streams may finish' },
+  grpcMaxMessageBytes: { flag: 'grpc-max-message-bytes', env: 'MCP_EXT_PROC_GRPC_MAX_MESSAGE_BYTES', fallback: String(64 * 1024 * 1024), help: 'largest message from Envoy (a buffered body)' },
+  correlationTtlSeconds: { flag: 'correlation-ttl-seconds', env: 'MCP_EXT_PROC_CORRELATION_TTL_SECONDS', fallback: '3600', help: 'how long a request is remembered for a response on another stream' },
+} as const satisfies Record<keyof Settings, Option>;
+
+const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
+
+export class SettingsError extends Error {
+  override readonly name = 'SettingsError';
+}
+
+export function parseSettings(argv: readonly string[], env: NodeJS.ProcessEnv): Settings {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: Object.fromEntries(Object.values(OPTIONS).map((o) => [o.flag, { type: 'string' as const }])),
+    strict: true,
+    allowPositionals: false,
+  });
+  const raw = (key: keyof Settings): string => {
+    const o = OPTIONS[key];
+    const v = values[o.flag];
+    return typeof v === 'string' ? v : (env[o.env] ?? o.fallback);
+  };
+  const int = (key: keyof Settings, min: number, max: number): number => {
+    const text = raw(key);
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      throw new SettingsError(`--${OPTIONS[key].flag} / ${OPTIONS[key].env}: "${text}" is not an integer from ${min} to ${max}`);
+    }
+    return n;
+  };
+  const configFile = raw('configFile');
+  if (configFile === '') throw new SettingsError(`--config / ${OPTIONS.configFile.env}: a governance document is required`);
+  const logLevel = raw('logLevel');
+  if (!LOG_LEVELS.has(logLevel)) throw new SettingsError(`--log-level / ${OPTIONS.logLevel.env}: "${logLevel}" is not one of ${[...LOG_LEVELS].join(', ')}`);
+  return {
+    configFile,
+    listenAddress: raw('listenAddress'),
+    grpcPort: int('grpcPort', 0, 65535),
+    adminPort: int('adminPort', 0, 65535),
+    logLevel,
+    shutdownGraceSeconds: int('shutdownGraceSeconds', 0, 3600),
+    grpcMaxMessageBytes: int('grpcMaxMessageBytes', 1024 * 1024, 1024 * 1024 * 1024),
+    correlationTtlSeconds: int('correlationTtlSeconds', 1, 7 * 24 * 3600),
+  };
+}

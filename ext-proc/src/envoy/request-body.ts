@@ -1,0 +1,78 @@
+// Phase 2, request body: the whole JSON-RPC document. Parse it, check it against the protocol version,
+// and remember each request so its response can be recognised.
+
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
+import { GatewayError } from '../errors.ts';
+import { parseJsonRpc, type RpcMessage } from '../mcp/jsonrpc.ts';
+import { allowsBatches, DEFAULT_VERSION, mirrorsHeaders } from '../mcp/version.ts';
+import { keys } from '../state/store.ts';
+import type { Exchange } from './exchange.ts';
+import { struct } from './headers.ts';
+import type { HttpBody, ProcessingResponse } from './types.ts';
+
+export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
+  const limit = ex.ctx.document().maxRequestBodyBytes;
+  const raw = msg.body ?? Buffer.alloc(0);
+  const body = decode(raw, ex.requestHeaders.get('content-encoding'), limit);
+  const parsed = parseJsonRpc(body.toString('utf8'));
+
+  if (parsed.batch) {
+    const version = ex.declaredVersion ?? (await sessionVersion(ex)) ?? DEFAULT_VERSION;
+    if (!allowsBatches(version)) {
+      throw new GatewayError('ERR_JSONRPC_BATCH_FORBIDDEN', `JSON-RPC batches are not allowed in protocol version ${version}`);
+    }
+  }
+  const first = parsed.messages[0];
+  if (ex.declaredVersion !== undefined && mirrorsHeaders(ex.declaredVersion) && first !== undefined) {
+    checkMirroredHeaders(ex, first);
+  }
+  for (const m of parsed.messages) await ex.sawClientMessage(m);
+
+  return {
+    request_body: { response: {} },
+    dynamic_metadata: {
+      fields: { mcp_ext_proc: { structValue: struct({ server: ex.serverName, method: first?.method, name: first?.name }) } },
+    },
+  };
+}
+
+function decode(raw: Buffer, encoding: string | undefined, limit: number): Buffer {
+  if (raw.length > limit) {
+    throw new GatewayError('ERR_REQUEST_TOO_LARGE', `request body of ${raw.length} bytes exceeds the limit of ${limit}`);
+  }
+  const enc = encoding?.trim().toLowerCase();
+  if (enc === undefined || enc === '' || enc === 'identity') return raw;
+  const inflate = enc === 'gzip' || enc === 'x-gzip' ? gunzipSync : enc === 'deflate' ? inflateSync : enc === 'br' ? brotliDecompressSync : undefined;
+  if (inflate === undefined) throw new GatewayError('ERR_REQUEST_ENCODING', `Content-Encoding "${enc}" is not supported`);
+  try {
+    // maxOutputLength bounds what a small compressed body may expand to.
+    return inflate(raw, { maxOutputLength: limit });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new GatewayError('ERR_REQUEST_TOO_LARGE', `decoded request body exceeds the limit of ${limit} bytes`);
+    }
+    throw new GatewayError('ERR_REQUEST_ENCODING', `request body does not decode as ${enc}: ${(err as Error).message}`);
+  }
+}
+
+async function sessionVersion(ex: Exchange): Promise<string | undefined> {
+  if (ex.session === undefined) return undefined;
+  return ex.ctx.state.get(keys.sessionVersion(ex.serverName, ex.session));
+}
+
+/** Mcp-Name values that are not plain ASCII travel as `=?base64?…?=`. */
+function decodeHeaderValue(v: string): string {
+  const m = /^=\?base64\?(.*)\?=$/.exec(v);
+  return m?.[1] !== undefined ? Buffer.from(m[1], 'base64').toString('utf8') : v;
+}
+
+function checkMirroredHeaders(ex: Exchange, m: RpcMessage): void {
+  const method = ex.requestHeaders.get('mcp-method');
+  if (m.method !== undefined && method !== m.method) {
+    throw new GatewayError('ERR_HEADER_MISMATCH', `Mcp-Method header "${method ?? ''}" does not match the body's method "${m.method}"`, { rpcId: m.id });
+  }
+  const name = ex.requestHeaders.get('mcp-name');
+  if (m.name !== undefined && (name === undefined || decodeHeaderValue(name) !== m.name)) {
+    throw new GatewayError('ERR_HEADER_MISMATCH', `Mcp-Name header "${name ?? ''}" does not match the body's "${m.name}"`, { rpcId: m.id });
+  }
+}

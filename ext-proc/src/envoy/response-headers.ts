@@ -1,0 +1,34 @@
+// Phase 3, response headers: decide per response whether and how its body comes to the processor.
+
+import { SseParser } from '../mcp/sse.ts';
+import type { Exchange } from './exchange.ts';
+import { headerMap, mediaType } from './headers.ts';
+import type { BodySendMode, HttpHeaders, ProcessingResponse } from './types.ts';
+
+export function onResponseHeaders(ex: Exchange, msg: HttpHeaders): ProcessingResponse {
+  const headers = headerMap(msg.headers);
+  const type = mediaType(headers.get('content-type'));
+  const encoding = headers.get('content-encoding')?.trim().toLowerCase();
+  ex.responseEncoding = encoding === 'identity' || encoding === '' ? undefined : encoding;
+  // A new session starts on the response to initialize.
+  ex.session ??= headers.get('mcp-session-id');
+
+  let mode: BodySendMode = 'NONE';
+  if (msg.end_of_stream !== true) {
+    if (type === 'application/json') {
+      ex.responseKind = 'json';
+      mode = 'BUFFERED';
+    } else if (type === 'text/event-stream' && ex.responseEncoding === undefined) {
+      // A compressed event stream cannot be read event by event; it passes uninspected (documented).
+      ex.responseKind = 'sse';
+      ex.sse = new SseParser();
+      mode = 'STREAMED';
+    }
+  }
+
+  return {
+    response_headers: { response: {} },
+    // Envoy takes both body modes of an override literally, so the request mode is restated.
+    mode_override: { request_body_mode: 'BUFFERED', response_body_mode: mode },
+  };
+}

@@ -1,0 +1,141 @@
+// The gRPC side: Envoy's ExternalProcessor/Process stream loop, the health service, and shutdown.
+// Messages of one call are handled strictly in order: in STREAMED mode Envoy sends the next chunk
+// without waiting for our answer, and an await inside a data handler would otherwise reorder replies.
+
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { toGatewayError } from '../errors.ts';
+import { errorResponse } from './error-response.ts';
+import { Exchange, type ProcessorContext } from './exchange.ts';
+import { EXT_PROC_SERVICE, loadExternalProcessor } from './protos.ts';
+import { onRequestBody } from './request-body.ts';
+import { onRequestHeaders, ROUTE_SERVER_HEADER } from './request-headers.ts';
+import { onResponseBody } from './response-body.ts';
+import { onResponseHeaders } from './response-headers.ts';
+import type { ProcessingRequest, ProcessingResponse } from './types.ts';
+
+type ProcessCall = grpc.ServerDuplexStream<ProcessingRequest, ProcessingResponse>;
+
+/** Test seam: lets a test run a handler that fails, to see how failures reach the client. */
+export type Dispatch = (ex: Exchange, req: ProcessingRequest) => ProcessingResponse | Promise<ProcessingResponse>;
+
+export function dispatch(ex: Exchange, req: ProcessingRequest): ProcessingResponse | Promise<ProcessingResponse> {
+  switch (req.request) {
+    case 'request_headers':
+      return onRequestHeaders(ex, req.request_headers ?? {}, req.attributes);
+    case 'request_body':
+      return onRequestBody(ex, req.request_body ?? {});
+    case 'response_headers':
+      return onResponseHeaders(ex, req.response_headers ?? {});
+    case 'response_body':
+      return onResponseBody(ex, req.response_body ?? {});
+    // Trailers are not requested (mode SKIP); if a configuration sends them anyway, pass them on.
+    case 'request_trailers':
+      return { request_trailers: {} };
+    case 'response_trailers':
+      return { response_trailers: {} };
+    case undefined:
+      throw new Error('ProcessingRequest without a message');
+  }
+}
+
+export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatch): grpc.handleBidiStreamingCall<ProcessingRequest, ProcessingResponse> {
+  return (call: ProcessCall) => {
+    const routeServer = call.metadata.get(ROUTE_SERVER_HEADER)[0];
+    const ex = new Exchange(ctx, typeof routeServer === 'string' ? routeServer : undefined);
+    ctx.observer.streamOpened();
+    let chain: Promise<void> = Promise.resolve();
+    let answeredWithError = false;
+    let closed = false;
+
+    const handleOne = async (req: ProcessingRequest): Promise<void> => {
+      // After an ImmediateResponse Envoy has finished with this exchange; late messages need no answer.
+      if (answeredWithError || closed) return;
+      let res: ProcessingResponse;
+      try {
+        res = await handle(ex, req);
+      } catch (err) {
+        const gerr = toGatewayError(err);
+        if (gerr.spec.fault === 'server') ctx.log.error({ err, server: ex.serverName, phase: req.request }, 'processor failure');
+        else ctx.log.debug({ code: gerr.code, server: ex.serverName, phase: req.request }, gerr.message);
+        ctx.observer.rejected(gerr.code, ex.server?.name);
+        res = errorResponse(gerr, ex.server?.name);
+        answeredWithError = true;
+      }
+      if (!closed) call.write(res);
+    };
+
+    const finish = (): void => {
+      if (closed) return;
+      closed = true;
+      ex.close().catch((err: unknown) => ctx.log.warn({ err }, 'could not hand pending requests to shared state'));
+    };
+
+    call.on('data', (req: ProcessingRequest) => {
+      chain = chain.then(() => handleOne(req)).catch((err: unknown) => {
+        // Even building the error answer failed: end with a gRPC error, never cleanly (that fails open).
+        ctx.log.error({ err }, 'could not answer Envoy');
+        const status: Partial<grpc.StatusObject> = { code: grpc.status.INTERNAL, details: 'mcp-ext-proc could not process the message' };
+        call.emit('error', status);
+        closed = true;
+      });
+    });
+    call.on('end', () => {
+      // Envoy half-closed: answer what is queued, then close our side.
+      void chain.then(() => {
+        finish();
+        call.end();
+      });
+    });
+    call.on('cancelled', finish);
+    call.on('error', finish);
+  };
+}
+
+export interface ProcessorServer {
+  readonly port: number;
+  readonly health: HealthImplementation;
+  /** Stops accepting streams, lets in-flight ones finish for up to graceMs, then cancels the rest. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+export async function startGrpcServer(
+  ctx: ProcessorContext,
+  options: { host: string; port: number; maxMessageBytes: number; handle?: Dispatch },
+): Promise<ProcessorServer> {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': options.maxMessageBytes,
+    'grpc.max_send_message_length': options.maxMessageBytes,
+    'grpc.keepalive_time_ms': 60_000,
+    'grpc.keepalive_timeout_ms': 20_000,
+  });
+  server.addService(loadExternalProcessor(), { Process: processHandler(ctx, options.handle) });
+  const health = new HealthImplementation({ '': 'SERVING', [EXT_PROC_SERVICE]: 'SERVING' });
+  health.addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) => {
+    server.bindAsync(`${options.host}:${options.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => {
+      if (err !== null) reject(err);
+      else resolve(p);
+    });
+  });
+
+  return {
+    port,
+    health,
+    shutdown(graceMs) {
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(EXT_PROC_SERVICE, 'NOT_SERVING');
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}
