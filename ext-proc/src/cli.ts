@@ -45,7 +45,10 @@ function checkConfig(files: string[]): void {
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
-  if (command === 'check-config') return checkConfig(rest);
+  if (command === 'check-config') {
+    checkConfig(rest);
+    return;
+  }
   if (command === 'help' || command === '--help' || command === '-h') {
     process.stdout.write(USAGE);
     return;

@@ -45,7 +45,7 @@ export async function startTestProcessor(
     correlationTtlSeconds: 60,
     ...options.settings,
   };
-  const { settings: _ignored, ...rest } = options;
+  const { settings: _settings, ...rest } = options;
   const service = await startService(settings, { ...rest, observer, log: pino({ level: settings.logLevel }, pino.destination(2)) });
   return Object.assign(service, { events, rejections, configFile });
 }

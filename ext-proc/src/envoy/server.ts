@@ -62,7 +62,8 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
         res = errorResponse(gerr, ex.server?.name);
         answeredWithError = true;
       }
-      if (!closed) call.write(res);
+      // The call may have been cancelled while the handler awaited.
+      if (!call.cancelled && call.writable) call.write(res);
     };
 
     const finish = (): void => {
