@@ -8,7 +8,7 @@ import { allowsBatches, DEFAULT_VERSION, mirrorsHeaders } from '../mcp/version.t
 import { keys } from '../state/store.ts';
 import type { Exchange } from './exchange.ts';
 import { struct } from './headers.ts';
-import type { HttpBody, ProcessingResponse } from './types.ts';
+import type { HttpBody, PbStruct, ProcessingResponse } from './types.ts';
 
 export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const limit = ex.ctx.document().maxRequestBodyBytes;
@@ -31,9 +31,14 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
   return {
     request_body: { response: {} },
     dynamic_metadata: {
-      fields: { mcp_ext_proc: { structValue: struct({ server: ex.serverName, method: first?.method, name: first?.name }) } },
+      fields: { mcp_ext_proc: { structValue: metadataOf(ex.serverName, first) } },
     },
   };
+}
+
+/** What access logs see: `%DYNAMIC_METADATA(mcp_ext_proc:method)%`, `…:tool`, `…:name`. */
+function metadataOf(server: string, m: RpcMessage | undefined): PbStruct {
+  return struct({ server, method: m?.method, name: m?.name, tool: m?.method === 'tools/call' ? m.name : undefined });
 }
 
 function decode(raw: Buffer, encoding: string | undefined, limit: number): Buffer {
