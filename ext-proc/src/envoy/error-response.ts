@@ -7,7 +7,8 @@ import { errorBody } from '../mcp/jsonrpc.ts';
 import { mutation, struct } from './headers.ts';
 import type { ProcessingResponse } from './types.ts';
 
-export function errorResponse(err: GatewayError, server: string | undefined): ProcessingResponse {
+/** `fallbackId` answers with the request's id when the failure itself did not carry one. */
+export function errorResponse(err: GatewayError, server: string | undefined, fallbackId?: string): ProcessingResponse {
   const { httpStatus, rpcCode } = err.spec;
   // Our own failures carry no internals (the cause goes to our log); the code lets a client act.
   const message = `${err.message} (${err.code})`;
@@ -15,7 +16,7 @@ export function errorResponse(err: GatewayError, server: string | undefined): Pr
     immediate_response: {
       status: { code: httpStatus },
       headers: mutation({ 'content-type': 'application/json' }),
-      body: Buffer.from(errorBody(err.rpcId, rpcCode, message, { code: err.code })),
+      body: Buffer.from(errorBody(err.rpcId ?? fallbackId, rpcCode, message, { code: err.code })),
       details: `mcp_ext_proc_${err.code.toLowerCase()}`,
     },
     dynamic_metadata: { fields: { mcp_ext_proc: { structValue: struct({ server, error: err.code }) } } },

@@ -5,6 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { toGatewayError } from '../errors.ts';
+import { parseJsonRpc } from '../mcp/jsonrpc.ts';
 import { errorResponse } from './error-response.ts';
 import { Exchange, type ProcessorContext } from './exchange.ts';
 import { EXT_PROC_SERVICE, loadExternalProcessor } from './protos.ts';
@@ -59,7 +60,7 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
         if (gerr.spec.fault === 'server') ctx.log.error({ err, server: ex.serverName, phase: req.request }, 'processor failure');
         else ctx.log.debug({ code: gerr.code, server: ex.serverName, phase: req.request }, gerr.message);
         ctx.observer.rejected(gerr.code, ex.server?.name);
-        res = errorResponse(gerr, ex.server?.name);
+        res = errorResponse(gerr, ex.server?.name, gerr.rpcId ?? requestIdOf(req));
         answeredWithError = true;
       }
       // The call may have been cancelled while the handler awaited.
@@ -91,6 +92,17 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
     call.on('cancelled', finish);
     call.on('error', finish);
   };
+}
+
+/** Best effort, for an error answer: the id of a single request in a request body that failed later on. */
+function requestIdOf(req: ProcessingRequest): string | undefined {
+  if (req.request !== 'request_body' || req.request_body?.body === undefined) return undefined;
+  try {
+    const { messages, batch } = parseJsonRpc(req.request_body.body.toString('utf8'));
+    return batch ? undefined : messages[0]?.id;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface ProcessorServer {
