@@ -60,6 +60,72 @@ export const ERRORS = {
     fault: 'client',
     summary: 'A 2026-07-28 request whose Mcp-Method or Mcp-Name header disagrees with its body.',
   },
+  ERR_IDENTITY_MISSING: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'No bearer token on a request to a server that requires one.',
+  },
+  ERR_IDENTITY_INVALID: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'The bearer token is not a JWT, or its signature, algorithm or key does not verify.',
+  },
+  ERR_IDENTITY_EXPIRED: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'The token is expired or not yet valid (beyond the allowed clock skew).',
+  },
+  ERR_IDENTITY_AUDIENCE: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'The token was issued for another resource than this MCP server.',
+  },
+  ERR_IDENTITY_ISSUER_UNKNOWN: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'The token comes from an issuer that is not configured.',
+  },
+  ERR_IDENTITY_REVOKED: {
+    httpStatus: 401,
+    rpcCode: -32001,
+    fault: 'client',
+    summary: 'The token, its subject or its agent has been revoked.',
+  },
+  ERR_IDP_UNAVAILABLE: {
+    httpStatus: 503,
+    rpcCode: -32603,
+    fault: 'server',
+    summary: "The identity provider's metadata or keys could not be fetched; the request is refused (fail closed).",
+  },
+  ERR_STATE_UNAVAILABLE: {
+    httpStatus: 503,
+    rpcCode: -32603,
+    fault: 'server',
+    summary: 'Shared state (Redis) could not be reached for a check that must not be skipped (revocation, session).',
+  },
+  ERR_SESSION_FOREIGN: {
+    httpStatus: 403,
+    rpcCode: -32003,
+    fault: 'client',
+    summary: 'The MCP session belongs to another user; a session id is not a credential.',
+  },
+  ERR_POLICY_DENIED: {
+    httpStatus: 200,
+    rpcCode: -32003,
+    fault: 'client',
+    summary: 'The policy does not allow this call (the message names the rule). HTTP 200: the JSON-RPC call failed, not the exchange.',
+  },
+  ERR_INSUFFICIENT_SCOPE: {
+    httpStatus: 403,
+    rpcCode: -32003,
+    fault: 'client',
+    summary: 'The call needs scopes the token lacks; WWW-Authenticate names them so the client can step up.',
+  },
   ERR_INTERNAL: {
     httpStatus: 500,
     rpcCode: -32603,
@@ -70,19 +136,49 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/** What a 401 or 403 tells the client in WWW-Authenticate (RFC 6750, RFC 9728). */
+export interface BearerChallenge {
+  /** URL of the Protected Resource Metadata of the server the client called. */
+  readonly resourceMetadata: string;
+  readonly scope?: string | undefined;
+  readonly error?: 'invalid_token' | 'insufficient_scope' | undefined;
+}
+
+export interface GatewayErrorOptions {
+  readonly rpcId?: string | undefined;
+  readonly cause?: unknown;
+  readonly challenge?: BearerChallenge | undefined;
+  /** The policy rule behind a denial, for the audit record and dynamic metadata. */
+  readonly ruleId?: string | undefined;
+}
+
 /** A failure with a stable code. Thrown by any layer; turned into a client answer in one place. */
 export class GatewayError extends Error {
   readonly code: ErrorCode;
   readonly spec: ErrorSpec;
   /** Raw JSON text of the JSON-RPC id the error answers, when it is known. */
   readonly rpcId: string | undefined;
+  readonly challenge: BearerChallenge | undefined;
+  readonly ruleId: string | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { rpcId?: string | undefined; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, options: GatewayErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'GatewayError';
     this.code = code;
     this.spec = ERRORS[code];
     this.rpcId = options.rpcId;
+    this.challenge = options.challenge;
+    this.ruleId = options.ruleId;
+  }
+
+  /** The same error, answering a given request id and/or carrying a challenge. */
+  with(options: GatewayErrorOptions): GatewayError {
+    return new GatewayError(this.code, this.message, {
+      rpcId: options.rpcId ?? this.rpcId,
+      cause: this.cause,
+      challenge: options.challenge ?? this.challenge,
+      ruleId: options.ruleId ?? this.ruleId,
+    });
   }
 }
 

@@ -1,13 +1,20 @@
-// Composition root: settings and governance document in, gRPC and admin servers up, graceful shutdown.
+// Composition root: settings and governance document in, shared state, identity, gRPC and admin
+// servers up, hot reload, graceful shutdown.
 
 import { pino, type Logger } from 'pino';
-import { Metrics } from './audit/metrics.ts';
-import { allOf, type Observer } from './audit/events.ts';
+import { handleAdminApi } from './admin/api.ts';
 import { startAdminServer } from './admin/server.ts';
+import { allOf, type Observer } from './audit/events.ts';
+import { Metrics } from './audit/metrics.ts';
 import { loadGovernance, type CompiledDocument } from './config/document.ts';
 import type { Settings } from './config/settings.ts';
+import { watchGovernance } from './config/watch.ts';
 import type { ProcessorContext } from './envoy/exchange.ts';
 import { startGrpcServer, type Dispatch } from './envoy/server.ts';
+import { GatewayError } from './errors.ts';
+import { Revocations } from './identity/revocation.ts';
+import { TokenVerifier } from './identity/verifier.ts';
+import { createRedisState, describeRedisSettings, parseRedisSettings } from './state/redis.ts';
 import { MemoryState, type SharedState } from './state/store.ts';
 
 export interface Service {
@@ -32,19 +39,68 @@ export function createLogger(level: string): Logger {
   return pino({ level, base: { service: 'mcp-ext-proc' } }, pino.destination(2));
 }
 
+async function createState(settings: Settings, log: Logger): Promise<SharedState> {
+  if (settings.redisUrl === '') {
+    log.info('shared state: in memory (single replica; set --redis-url to run several)');
+    return new MemoryState();
+  }
+  const connection = parseRedisSettings(settings.redisUrl);
+  log.info({ redis: describeRedisSettings(connection) }, 'shared state: Redis');
+  return createRedisState({
+    ...connection,
+    commandTimeoutMs: settings.redisCommandTimeoutMs,
+    onError: (err, source) => log.warn({ err: (err as Error).message, source }, 'Redis error'),
+  });
+}
+
+function verifierFor(doc: CompiledDocument): TokenVerifier | undefined {
+  const id = doc.identity;
+  return id === undefined ? undefined : new TokenVerifier(id.issuers, { clockSkewSeconds: id.clockSkewSeconds });
+}
+
 export async function startService(settings: Settings, options: ServiceOptions = {}): Promise<Service> {
   const log = options.log ?? createLogger(settings.logLevel);
-  const document: CompiledDocument = loadGovernance(settings.configFile);
-  const state = options.state ?? new MemoryState();
-  if (state.kind === 'memory') log.info('shared state: in memory (single replica; configure Redis to run several)');
+  let document: CompiledDocument = loadGovernance(settings.configFile);
+  let verifier = verifierFor(document);
+  const state = options.state ?? (await createState(settings, log));
+  const failureMode = document.identity?.failureMode ?? 'closed';
+  const revocations = new Revocations(state, { failureMode, clockSkewSeconds: document.identity?.clockSkewSeconds ?? 0 });
+  await revocations.ready();
   const metrics = new Metrics();
+
   const ctx: ProcessorContext = {
     document: () => document,
+    verifier: () => verifier,
+    revocations,
     state,
+    async sharedStateCall(call) {
+      try {
+        return await call();
+      } catch (err) {
+        if (failureMode === 'open') {
+          log.warn({ err: (err as Error).message }, 'shared state unavailable; check skipped (failureMode: open)');
+          return undefined;
+        }
+        throw err instanceof GatewayError ? err : new GatewayError('ERR_STATE_UNAVAILABLE', 'shared state is unavailable', { cause: err });
+      }
+    },
     observer: options.observer === undefined ? metrics : allOf(metrics, options.observer),
     log,
     correlationTtlSeconds: settings.correlationTtlSeconds,
+    sessionTtlSeconds: settings.sessionTtlSeconds,
   };
+
+  const watcher = watchGovernance(
+    settings.configFile,
+    () => document,
+    (next) => {
+      // Keep the verifier (and its key and token caches) unless the identity section changed.
+      if (JSON.stringify(next.identity) !== JSON.stringify(document.identity)) verifier = verifierFor(next);
+      document = next;
+    },
+    { pollSeconds: settings.configPollSeconds, log, onResult: (r) => metrics.configReload(r) },
+  );
+
   let draining = false;
   const grpcServer = await startGrpcServer(ctx, {
     host: settings.listenAddress,
@@ -56,7 +112,21 @@ export async function startService(settings: Settings, options: ServiceOptions =
     host: settings.listenAddress,
     port: settings.adminPort,
     registry: metrics.registry,
-    readiness: { problems: () => (draining ? ['shutting down'] : []) },
+    readiness: {
+      problems: () => [...(draining ? ['shutting down'] : []), ...(state.healthy() ? [] : ['shared state (Redis) is unreachable'])],
+    },
+    routes: (req, res, path) =>
+      handleAdminApi(
+        {
+          document: () => document,
+          verifier: () => verifier,
+          revocations,
+          revoked: (r, by) => log.warn({ revocation: r, by: by.user.subject }, 'revoked'),
+        },
+        req,
+        res,
+        path,
+      ),
   });
   log.info({ grpcPort: grpcServer.port, adminPort: admin.port, servers: [...document.servers.keys()], config: document.source }, 'mcp-ext-proc ready');
 
@@ -66,8 +136,10 @@ export async function startService(settings: Settings, options: ServiceOptions =
     metrics,
     async stop() {
       draining = true;
+      watcher.stop();
       await grpcServer.shutdown(settings.shutdownGraceSeconds * 1000);
       await admin.close();
+      await revocations.close();
       await state.close();
       log.info('mcp-ext-proc stopped');
       log.flush();

@@ -799,9 +799,10 @@ export interface RawSession {
  * Initializes a Streamable HTTP session with raw requests (initialize, then
  * notifications/initialized), for tests that compare bytes rather than transcripts.
  */
-export async function openRawSession(url: string | URL, protocolVersion = '2025-11-25'): Promise<RawSession> {
+export async function openRawSession(url: string | URL, protocolVersion = '2025-11-25', extraHeaders: Record<string, string> = {}): Promise<RawSession> {
   const target = String(url);
-  const base = { accept: 'application/json, text/event-stream', 'content-type': 'application/json' };
+  // extraHeaders (e.g. Authorization) go on every request of the session.
+  const base = { accept: 'application/json, text/event-stream', 'content-type': 'application/json', ...extraHeaders };
   const initialize = await rawExchange(target, {
     method: 'POST',
     headers: base,

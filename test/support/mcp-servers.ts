@@ -66,6 +66,8 @@ export interface ReceivedHttpRequest {
   readonly search: string;
   readonly sessionId: string | undefined;
   readonly lastEventId: string | undefined;
+  /** The Authorization header the server received, if any. */
+  readonly authorization: string | undefined;
 }
 
 export class ReceivedLog {
@@ -104,6 +106,7 @@ export class ReceivedLog {
       search: url.search,
       sessionId,
       lastEventId: typeof lastEventId === 'string' ? lastEventId : undefined,
+      authorization: req.headers.authorization,
     });
   }
 

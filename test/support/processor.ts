@@ -43,6 +43,10 @@ export async function startTestProcessor(
     shutdownGraceSeconds: 5,
     grpcMaxMessageBytes: 64 * 1024 * 1024,
     correlationTtlSeconds: 60,
+    sessionTtlSeconds: 3600,
+    redisUrl: '',
+    redisCommandTimeoutMs: 500,
+    configPollSeconds: 0,
     ...options.settings,
   };
   const { settings: _settings, ...rest } = options;

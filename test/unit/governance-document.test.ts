@@ -47,3 +47,23 @@ servers:
     expect(doc.servers.size).toBeGreaterThan(0);
   });
 });
+
+describe('the README', () => {
+  it('shows a worked example document that compiles', async () => {
+    const { readFileSync } = await import('node:fs');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const example = /A worked example[^\n]*\n\n```yaml\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(example).toBeDefined();
+    const doc = parse(example ?? '');
+    expect([...doc.servers.keys()]).toEqual(['weather', 'github', 'docs']);
+    expect(doc.policy).toBeDefined();
+    expect(doc.identity?.issuers.map((i) => i.name)).toEqual(['okta', 'entra']);
+  });
+
+  it('rejects a policy with an unknown field or a condition that does not parse, naming the rule', () => {
+    const base = 'apiVersion: mcp-ext-proc/v1\nservers: [{ name: a }]\npolicy:\n  rules:\n';
+    expect(problem(`${base}    - { id: r1, effect: allow, match: { toolz: [x] } }\n`)).toContain('unknown field "toolz"');
+    expect(problem(`${base}    - { id: r1, effect: allow, when: "arguments.x +" }\n`)).toContain('policy.rules[0] (id "r1").when');
+    expect(problem(`${base}    - { id: r1, effect: allow, match: { servers: [nope] } }\n`)).toContain('nope');
+  });
+});

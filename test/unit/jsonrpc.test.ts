@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { GatewayError } from '../../ext-proc/src/errors.ts';
-import { errorBody, parseJsonRpc } from '../../ext-proc/src/mcp/jsonrpc.ts';
+import { errorBody, parseJsonRpc, serializeWithId } from '../../ext-proc/src/mcp/jsonrpc.ts';
 
 function code(text: string): string {
   try {
@@ -30,6 +30,14 @@ describe('JSON-RPC parsing', () => {
     const ids = parseJsonRpc(text).messages.map((m) => m.id);
     expect(ids).toEqual(['9007199254740993', '-123456789012345678901234']);
     expect(errorBody(ids[0], -32600, 'x')).toBe('{"jsonrpc":"2.0","id":9007199254740993,"error":{"code":-32600,"message":"x"}}');
+  });
+
+  it('splices the original id text back into a rewritten message', () => {
+    const parsed = parseJsonRpc('{"jsonrpc":"2.0","id":9007199254740993,"result":{"tools":[1,2]}}');
+    const element = parsed.value as Record<string, unknown>;
+    const text = serializeWithId({ ...element, result: { tools: [1] } }, parsed.messages[0]?.id);
+    expect(text).toBe('{"id":9007199254740993,"jsonrpc":"2.0","result":{"tools":[1]}}');
+    expect(serializeWithId({ jsonrpc: '2.0', id: 5, result: {} }, '"five"')).toBe('{"id":"five","jsonrpc":"2.0","result":{}}');
   });
 
   it('tells notifications, results and errors apart', () => {

@@ -8,6 +8,7 @@ export class Metrics implements Observer {
   readonly registry = new Registry();
   readonly #messages: Counter<'direction' | 'kind' | 'correlation'>;
   readonly #errors: Counter<'code'>;
+  readonly #reloads: Counter<'result'>;
   readonly #streams: Counter;
 
   constructor() {
@@ -19,11 +20,16 @@ export class Metrics implements Observer {
       labelNames: ['direction', 'kind', 'correlation'],
       registers: [this.registry],
     });
+    this.#reloads = new Counter({ name: 'mcp_ext_proc_config_reloads_total', help: 'Governance document reloads, applied or rejected.', labelNames: ['result'], registers: [this.registry] });
     this.#errors = new Counter({ name: 'mcp_ext_proc_errors_total', help: 'Requests answered with an error, by error code.', labelNames: ['code'], registers: [this.registry] });
   }
 
   message(e: McpMessageEvent): void {
     this.#messages.inc({ direction: e.direction, kind: e.message.kind, correlation: e.correlation });
+  }
+
+  configReload(result: 'applied' | 'rejected'): void {
+    this.#reloads.inc({ result });
   }
 
   streamOpened(): void {

@@ -13,6 +13,11 @@ export interface Settings {
   /** Largest gRPC message accepted from Envoy: the biggest buffered body plus headroom. */
   readonly grpcMaxMessageBytes: number;
   readonly correlationTtlSeconds: number;
+  readonly sessionTtlSeconds: number;
+  /** Empty: in-memory state (one replica). */
+  readonly redisUrl: string;
+  readonly redisCommandTimeoutMs: number;
+  readonly configPollSeconds: number;
 }
 
 interface Option {
@@ -31,6 +36,10 @@ export const OPTIONS = {
   shutdownGraceSeconds: { flag: 'shutdown-grace-seconds', env: 'MCP_EXT_PROC_SHUTDOWN_GRACE_SECONDS', fallback: '25', help: 'on SIGTERM, how long in-flight streams may finish' },
   grpcMaxMessageBytes: { flag: 'grpc-max-message-bytes', env: 'MCP_EXT_PROC_GRPC_MAX_MESSAGE_BYTES', fallback: String(64 * 1024 * 1024), help: 'largest message from Envoy (a buffered body)' },
   correlationTtlSeconds: { flag: 'correlation-ttl-seconds', env: 'MCP_EXT_PROC_CORRELATION_TTL_SECONDS', fallback: '3600', help: 'how long a request is remembered for a response on another stream' },
+  sessionTtlSeconds: { flag: 'session-ttl-seconds', env: 'MCP_EXT_PROC_SESSION_TTL_SECONDS', fallback: '86400', help: 'how long a session stays bound to the user who created it' },
+  redisUrl: { flag: 'redis-url', env: 'MCP_EXT_PROC_REDIS_URL', fallback: '', help: 'shared state: redis://, rediss://, redis-sentinel://h:p,h:p/name or redis-cluster://h:p,h:p (empty: in memory, one replica)' },
+  redisCommandTimeoutMs: { flag: 'redis-command-timeout-ms', env: 'MCP_EXT_PROC_REDIS_COMMAND_TIMEOUT_MS', fallback: '300', help: 'a Redis command slower than this counts as Redis being down' },
+  configPollSeconds: { flag: 'config-poll-seconds', env: 'MCP_EXT_PROC_CONFIG_POLL_SECONDS', fallback: '2', help: 'how often the governance document is checked for changes (0: never)' },
 } as const satisfies Record<keyof Settings, Option>;
 
 const LOG_LEVELS = new Set(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']);
@@ -72,5 +81,9 @@ export function parseSettings(argv: readonly string[], env: NodeJS.ProcessEnv): 
     shutdownGraceSeconds: int('shutdownGraceSeconds', 0, 3600),
     grpcMaxMessageBytes: int('grpcMaxMessageBytes', 1024 * 1024, 1024 * 1024 * 1024),
     correlationTtlSeconds: int('correlationTtlSeconds', 1, 7 * 24 * 3600),
+    sessionTtlSeconds: int('sessionTtlSeconds', 60, 30 * 24 * 3600),
+    redisUrl: raw('redisUrl'),
+    redisCommandTimeoutMs: int('redisCommandTimeoutMs', 10, 10_000),
+    configPollSeconds: int('configPollSeconds', 0, 3600),
   };
 }

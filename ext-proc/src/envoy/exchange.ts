@@ -6,16 +6,30 @@ import type { CompiledDocument, ServerSpec } from '../config/document.ts';
 import type { Correlation, Direction, McpMessageEvent, Observer } from '../audit/events.ts';
 import type { RpcMessage } from '../mcp/jsonrpc.ts';
 import type { SseParser } from '../mcp/sse.ts';
+import { principalKey, type Caller } from '../identity/principal.ts';
+import type { Revocations } from '../identity/revocation.ts';
+import type { TokenVerifier } from '../identity/verifier.ts';
 import { keys, type SharedState } from '../state/store.ts';
+import type { Decision } from '../policy/types.ts';
 import type { Headers } from './headers.ts';
 
 export interface ProcessorContext {
   readonly document: () => CompiledDocument;
+  /** The verifier for the document in force; undefined when it has no identity section. */
+  readonly verifier: () => TokenVerifier | undefined;
+  readonly revocations: Revocations;
   readonly state: SharedState;
+  /**
+   * Runs a shared-state call for a check that matters (sessions): when the store is unreachable it
+   * throws ERR_STATE_UNAVAILABLE in the closed failure mode, and yields undefined in the open one.
+   */
+  sharedStateCall<T>(call: () => Promise<T>): Promise<T | undefined>;
   readonly observer: Observer;
   readonly log: Logger;
   /** How long shared state remembers a request whose response may come on another stream. */
   readonly correlationTtlSeconds: number;
+  /** How long a session stays bound to its user without being presented again. */
+  readonly sessionTtlSeconds: number;
 }
 
 interface PendingRequest {
@@ -30,6 +44,8 @@ export class Exchange {
   readonly startedAt = process.hrtime.bigint();
 
   server: ServerSpec | undefined;
+  /** The authenticated user and agent, when the server requires authentication. */
+  caller: Caller | undefined;
   requestHeaders: Headers = new Map();
   path = '';
   httpMethod = '';
@@ -39,6 +55,10 @@ export class Exchange {
   /** The protocol version the request declared (MCP-Protocol-Version header), if any. */
   declaredVersion: string | undefined;
 
+  /** What Envoy gets as dynamic metadata (namespace mcp_ext_proc): server, user, agent, method, tool, … */
+  readonly meta: Record<string, string | undefined> = {};
+  /** Policy decisions taken for this exchange's requests, in order. */
+  readonly decisions: Decision[] = [];
   /** Requests sent on this stream that still await their response, by JSON-RPC id text. */
   readonly pending = new Map<string, PendingRequest>();
   responseKind: 'json' | 'sse' | 'none' = 'none';
@@ -56,6 +76,13 @@ export class Exchange {
     return this.server?.name ?? '';
   }
 
+  /** Binds a session the server just created to the caller who created it. */
+  async bindSession(session: string): Promise<void> {
+    if (this.caller === undefined) return;
+    const owner = principalKey(this.caller.user);
+    await this.ctx.sharedStateCall(() => this.ctx.state.set(keys.sessionOwner(this.serverName, session), owner, this.ctx.sessionTtlSeconds));
+  }
+
   /** Reports a client→server message and remembers requests so their responses can be matched. */
   async sawClientMessage(m: RpcMessage): Promise<void> {
     if (m.kind === 'request' && m.id !== undefined && m.method !== undefined) {
@@ -69,11 +96,11 @@ export class Exchange {
     this.emit('client_to_server', m, undefined, 'none', 'json');
   }
 
-  /** Reports a server→client message, matching responses to the request they answer. */
-  async sawServerMessage(m: RpcMessage, transport: 'json' | 'sse'): Promise<void> {
+  /** Reports a server→client message, matching responses to the request they answer (returned). */
+  async sawServerMessage(m: RpcMessage, transport: 'json' | 'sse'): Promise<string | undefined> {
     if (m.kind !== 'result' && m.kind !== 'error') {
       this.emit('server_to_client', m, undefined, 'none', transport);
-      return;
+      return undefined;
     }
     let answers: string | undefined;
     let correlation: Correlation = 'none';
@@ -96,6 +123,7 @@ export class Exchange {
     }
     if (answers === 'initialize' && this.session !== undefined) await this.rememberVersion(m.result);
     this.emit('server_to_client', m, answers, correlation, transport);
+    return answers;
   }
 
   /** The negotiated version decides, for example, whether a later batch is allowed. */

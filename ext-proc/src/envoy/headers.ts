@@ -3,6 +3,9 @@
 
 import type { HeaderMap, HeaderMutation, HeaderValueOption, PbStruct } from './types.ts';
 
+/** Dynamic metadata under the processor's namespace, read as %DYNAMIC_METADATA(mcp_ext_proc:KEY)%. */
+export const METADATA_NAMESPACE = 'mcp_ext_proc';
+
 export type Headers = ReadonlyMap<string, string>;
 
 export function headerMap(map: HeaderMap | undefined): Map<string, string> {
@@ -41,4 +44,9 @@ export function struct(values: Record<string, string | undefined>): PbStruct {
 export function attribute(attrs: Record<string, PbStruct> | undefined, name: string): string | undefined {
   const v = attrs?.['envoy.filters.http.ext_proc']?.fields?.[name];
   return v?.stringValue !== undefined && v.stringValue !== '' ? v.stringValue : undefined;
+}
+
+/** An exchange's metadata as the ProcessingResponse field. */
+export function metadata(ex: { readonly meta: Record<string, string | undefined> }): PbStruct {
+  return { fields: { [METADATA_NAMESPACE]: { structValue: struct(ex.meta) } } };
 }

@@ -5,10 +5,13 @@ import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
 import { GatewayError } from '../errors.ts';
 import { parseJsonRpc, type RpcMessage } from '../mcp/jsonrpc.ts';
 import { allowsBatches, DEFAULT_VERSION, mirrorsHeaders } from '../mcp/version.ts';
+import { resourceMetadataUrl } from '../identity/resource-metadata.ts';
+import { denialMessage, policyRequestFor } from '../policy/enforce.ts';
+import type { Decision } from '../policy/types.ts';
 import { keys } from '../state/store.ts';
 import type { Exchange } from './exchange.ts';
-import { struct } from './headers.ts';
-import type { HttpBody, PbStruct, ProcessingResponse } from './types.ts';
+import { metadata } from './headers.ts';
+import type { HttpBody, ProcessingResponse } from './types.ts';
 
 export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const limit = ex.ctx.document().maxRequestBodyBytes;
@@ -26,19 +29,59 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
   if (ex.declaredVersion !== undefined && mirrorsHeaders(ex.declaredVersion) && first !== undefined) {
     checkMirroredHeaders(ex, first);
   }
+  noteMessage(ex, first);
+  const decision = authorize(ex, parsed.messages);
   for (const m of parsed.messages) await ex.sawClientMessage(m);
 
-  return {
-    request_body: { response: {} },
-    dynamic_metadata: {
-      fields: { mcp_ext_proc: { structValue: metadataOf(ex.serverName, first) } },
-    },
-  };
+  noteDecision(ex, decision);
+  return { request_body: { response: {} }, dynamic_metadata: metadata(ex) };
 }
 
 /** What access logs see: `%DYNAMIC_METADATA(mcp_ext_proc:method)%`, `…:tool`, `…:name`. */
-function metadataOf(server: string, m: RpcMessage | undefined): PbStruct {
-  return struct({ server, method: m?.method, name: m?.name, tool: m?.method === 'tools/call' ? m.name : undefined });
+function noteMessage(ex: Exchange, m: RpcMessage | undefined): void {
+  ex.meta['method'] = m?.method;
+  ex.meta['name'] = m?.name;
+  ex.meta['tool'] = m?.method === 'tools/call' ? m.name : undefined;
+}
+
+function noteDecision(ex: Exchange, d: Decision | undefined): void {
+  ex.meta['decision'] = d?.effect;
+  ex.meta['rule'] = d?.ruleId;
+}
+
+/**
+ * Decides every governed request of the document before anything is forwarded. A denial answers the
+ * request with an error naming the rule; in a batch, one denied element refuses the whole batch.
+ * Returns the decision of the last governed request (for the access log).
+ */
+function authorize(ex: Exchange, messages: readonly RpcMessage[]): Decision | undefined {
+  const policy = ex.ctx.document().policy;
+  const caller = ex.caller;
+  if (policy === undefined || caller === undefined) return undefined;
+  let last: Decision | undefined;
+  for (const m of messages) {
+    if (m.kind !== 'request') continue;
+    const request = policyRequestFor(m, ex.serverName, caller);
+    if (request === undefined) continue;
+    const d = policy.decide(request);
+    ex.decisions.push(d);
+    if (d.effect === 'deny') {
+      noteDecision(ex, d);
+      const scopes = d.requiredScopes;
+      if (scopes !== undefined && scopes.length > 0 && ex.server?.resource !== undefined) {
+        throw new GatewayError('ERR_INSUFFICIENT_SCOPE', denialMessage(d, request), {
+          rpcId: m.id,
+          ruleId: d.ruleId,
+          // The scopes to ask for are those already granted plus the missing ones: a client that
+          // re-authorizes with only the missing scopes would lose the others.
+          challenge: { resourceMetadata: resourceMetadataUrl(ex.server.resource), scope: [...new Set([...caller.user.scopes, ...scopes])].join(' '), error: 'insufficient_scope' },
+        });
+      }
+      throw new GatewayError('ERR_POLICY_DENIED', denialMessage(d, request), { rpcId: m.id, ruleId: d.ruleId });
+    }
+    last = d;
+  }
+  return last;
 }
 
 function decode(raw: Buffer, encoding: string | undefined, limit: number): Buffer {

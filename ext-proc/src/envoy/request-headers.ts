@@ -1,21 +1,31 @@
 // Phase 1, request headers: which MCP server is this, and can its body be governed at all?
 
+import type { ServerSpec } from '../config/document.ts';
 import { GatewayError } from '../errors.ts';
+import { authenticate } from '../identity/authenticate.ts';
+import { principalKey } from '../identity/principal.ts';
+import { PRM_PATH, resourceMetadata } from '../identity/resource-metadata.ts';
+import { keys } from '../state/store.ts';
 import type { Exchange } from './exchange.ts';
-import { attribute, headerMap, mediaType, struct } from './headers.ts';
-import type { HttpHeaders, PbStruct, ProcessingResponse } from './types.ts';
+import { attribute, headerMap, mediaType, metadata, mutation } from './headers.ts';
+import type { HeaderMutation, HttpHeaders, PbStruct, ProcessingResponse } from './types.ts';
 
 /** The route metadata attribute a route uses to name its MCP server (see envoy/local.yaml). */
 export const ROUTE_SERVER_ATTRIBUTE = "xds.route_metadata.filter_metadata['mcp_ext_proc']['server']";
 /** The gRPC initial metadata header a route can set instead (ExtProcPerRoute.overrides.grpc_initial_metadata). */
 export const ROUTE_SERVER_HEADER = 'x-mcp-ext-proc-server';
 
-export function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Record<string, PbStruct> | undefined): ProcessingResponse {
+/** The peer's SPIFFE ID, when Envoy terminated mTLS and was asked for it (request_attributes). */
+export const PEER_URI_SAN_ATTRIBUTE = 'connection.uri_san_peer_certificate';
+
+export async function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Record<string, PbStruct> | undefined): Promise<ProcessingResponse> {
   const headers = headerMap(msg.headers);
   ex.requestHeaders = headers;
   ex.path = headers.get(':path') ?? '';
   ex.httpMethod = headers.get(':method') ?? '';
   const doc = ex.ctx.document();
+
+  if (ex.path.startsWith(PRM_PATH) && (ex.httpMethod === 'GET' || ex.httpMethod === 'HEAD')) return protectedResourceMetadata(ex);
 
   const named = attribute(attrs, ROUTE_SERVER_ATTRIBUTE) ?? ex.routeServerHeader;
   const server = named !== undefined ? doc.servers.get(named) : doc.serverForPath(ex.path);
@@ -24,6 +34,7 @@ export function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Record<s
     throw new GatewayError('ERR_SERVER_UNKNOWN', `${why} is not in the governance document`);
   }
   ex.server = server;
+  ex.meta['server'] = server.name;
 
   ex.declaredVersion = headers.get('mcp-protocol-version');
   ex.session = headers.get('mcp-session-id');
@@ -48,13 +59,62 @@ export function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Record<s
     }
   }
 
+  const remove: string[] = [];
+  // Responses are inspected, so they must arrive uncompressed; clients see the same content either way.
+  if (headers.has('accept-encoding')) remove.push('accept-encoding');
+  // CORS preflights carry no credentials and must not be challenged.
+  if (server.authenticate && ex.httpMethod !== 'OPTIONS') {
+    await authenticateCaller(ex, server, attrs);
+    // The caller's token is for the gateway; it never goes to the MCP server.
+    if (headers.has('authorization')) remove.push('authorization');
+  }
+
+  const header_mutation: HeaderMutation = remove.length > 0 ? { remove_headers: remove } : {};
   return {
-    request_headers: {
-      response: {
-        // Responses are inspected, so they must arrive uncompressed; clients see the same content either way.
-        header_mutation: headers.has('accept-encoding') ? { remove_headers: ['accept-encoding'] } : {},
-      },
+    request_headers: { response: { header_mutation } },
+    dynamic_metadata: metadata(ex),
+  };
+}
+
+async function authenticateCaller(ex: Exchange, server: ServerSpec, attrs: Record<string, PbStruct> | undefined): Promise<void> {
+  const verifier = ex.ctx.verifier();
+  if (verifier === undefined || server.resource === undefined) throw new Error(`server ${server.name} requires authentication but no verifier is configured`);
+  const caller = await authenticate(
+    { server: { ...server, resource: server.resource }, authorization: ex.requestHeaders.get('authorization'), spiffeId: attribute(attrs, PEER_URI_SAN_ATTRIBUTE) },
+    verifier,
+    ex.ctx.revocations,
+  );
+  ex.caller = caller;
+  ex.meta['user'] = caller.user.subject;
+  ex.meta['agent'] = caller.agent.id;
+  if (ex.session !== undefined) await checkSessionOwner(ex, ex.session, principalKey(caller.user));
+}
+
+/** A session id is not a credential: it stays with the user who created it. */
+async function checkSessionOwner(ex: Exchange, session: string, owner: string): Promise<void> {
+  const key = keys.sessionOwner(ex.serverName, session);
+  const known = await ex.ctx.sharedStateCall(() => ex.ctx.state.get(key));
+  if (known === undefined) {
+    // Unknown to us (created before the gateway governed it, or its binding expired): the first user to
+    // present it is bound to it from now on, so it cannot be shared afterwards.
+    await ex.ctx.sharedStateCall(() => ex.ctx.state.set(key, owner, ex.ctx.sessionTtlSeconds));
+  } else if (known !== owner) {
+    throw new GatewayError('ERR_SESSION_FOREIGN', 'this MCP session was created by another user; start a new session (initialize)');
+  }
+}
+
+function protectedResourceMetadata(ex: Exchange): ProcessingResponse {
+  const server = ex.ctx.document().serverForResourcePath(ex.path.slice(PRM_PATH.length).split('?')[0] ?? '');
+  if (server?.resource === undefined) {
+    throw new GatewayError('ERR_SERVER_UNKNOWN', `no MCP server has the protected resource metadata at ${ex.path}`);
+  }
+  ex.server = server;
+  return {
+    immediate_response: {
+      status: { code: 200 },
+      headers: mutation({ 'content-type': 'application/json', 'cache-control': 'max-age=300' }),
+      body: Buffer.from(JSON.stringify(resourceMetadata({ ...server, resource: server.resource }))),
+      details: 'mcp_ext_proc_protected_resource_metadata',
     },
-    dynamic_metadata: { fields: { mcp_ext_proc: { structValue: struct({ server: server.name }) } } },
   };
 }

@@ -1,45 +1,66 @@
 // Phase 4, response body. JSON arrives whole (BUFFERED); an event stream arrives in chunks (STREAMED)
-// that do not line up with events. Every byte goes back to Envoy, unchanged unless rewritten.
+// that do not line up with events. Every byte goes back to Envoy, unchanged unless rewritten: list
+// results are cut down to what the caller may use, with the predicate that authorizes calls.
 
-import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
-import type { RpcMessage } from '../mcp/jsonrpc.ts';
-import { parseJsonRpc } from '../mcp/jsonrpc.ts';
-import type { SseSegment } from '../mcp/sse.ts';
+import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
+import { parseJsonRpc, serializeWithId, type ParsedBody } from '../mcp/jsonrpc.ts';
+import { serializeSseEvent, type SseSegment } from '../mcp/sse.ts';
+import { mirrorsHeaders } from '../mcp/version.ts';
+import { filterListResult, isFilteredList } from '../policy/enforce.ts';
 import type { Exchange } from './exchange.ts';
+import { mutation } from './headers.ts';
 import type { HttpBody, ProcessingResponse } from './types.ts';
 
 const CONTINUE: ProcessingResponse = { response_body: { response: {} } };
 
 export async function onResponseBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const chunk = msg.body ?? Buffer.alloc(0);
-  if (ex.responseKind === 'json') {
-    await readJson(ex, chunk);
-    return CONTINUE;
-  }
+  if (ex.responseKind === 'json') return readJson(ex, chunk);
   const parser = ex.sse;
   if (ex.responseKind !== 'sse' || parser === undefined) return CONTINUE;
 
   const segments = parser.push(chunk);
   if (msg.end_of_stream === true) segments.push(...parser.end());
-  for (const s of segments) await readEvent(ex, s);
+  let rewritten = false;
+  const out: Buffer[] = [];
+  for (const s of segments) {
+    const replacement = await readEvent(ex, s);
+    if (replacement !== undefined) rewritten = true;
+    out.push(replacement ?? s.raw);
+  }
 
-  // When the chunk held exactly whole events and nothing was held back before, Envoy's own copy is
-  // already the right output: answer without a mutation and spare the copy.
+  // When the chunk held exactly whole events, nothing was held back before and nothing changed,
+  // Envoy's own copy is already the right output: answer without a mutation and spare the copy.
   const heldBefore = ex.heldBytes;
   ex.heldBytes = parser.pendingBytes;
-  if (heldBefore === 0 && ex.heldBytes === 0) return CONTINUE;
-  if (segments.length === 0) return { response_body: { response: { body_mutation: { clear_body: true } } } };
-  return { response_body: { response: { body_mutation: { body: Buffer.concat(segments.map((s) => s.raw)) } } } };
+  if (!rewritten && heldBefore === 0 && ex.heldBytes === 0) return CONTINUE;
+  if (out.length === 0) return { response_body: { response: { body_mutation: { clear_body: true } } } };
+  return { response_body: { response: { body_mutation: { body: Buffer.concat(out) } } } };
 }
 
-async function readJson(ex: Exchange, chunk: Buffer): Promise<void> {
-  const messages = parseServerMessages(ex, decodeResponse(chunk, ex.responseEncoding));
-  for (const m of messages) await ex.sawServerMessage(m, 'json');
+async function readJson(ex: Exchange, chunk: Buffer): Promise<ProcessingResponse> {
+  const decoded = decodeResponse(chunk, ex.responseEncoding);
+  const parsed = parseServerDocument(ex, decoded);
+  if (parsed === undefined) return CONTINUE;
+  const text = await review(ex, parsed, 'json');
+  if (text === undefined) return CONTINUE;
+  const body = Buffer.from(text, 'utf8');
+  const remove = ex.responseEncoding === undefined ? [] : ['content-encoding'];
+  return {
+    response_body: {
+      response: {
+        // BUFFERED keeps content-length, so a body of another size must say its new length.
+        header_mutation: mutation({ 'content-length': String(body.length) }, remove),
+        body_mutation: { body },
+      },
+    },
+  };
 }
 
-async function readEvent(ex: Exchange, segment: SseSegment): Promise<void> {
+/** Returns the event's new bytes when it was rewritten. */
+async function readEvent(ex: Exchange, segment: SseSegment): Promise<Buffer | undefined> {
   const event = segment.event;
-  if (event?.data === undefined || event.data === '') return;
+  if (event?.data === undefined || event.data === '') return undefined;
   if (event.event === 'endpoint') {
     // Legacy HTTP+SSE: the first event names the POST endpoint, whose query carries the session.
     const q = event.data.indexOf('?');
@@ -47,20 +68,48 @@ async function readEvent(ex: Exchange, segment: SseSegment): Promise<void> {
     if (session !== null && session !== '') {
       ex.session = session;
       ex.legacy = true;
+      await ex.bindSession(session);
     }
-    return;
+    return undefined;
   }
-  for (const m of parseServerMessages(ex, Buffer.from(event.data, 'utf8'))) await ex.sawServerMessage(m, 'sse');
+  const parsed = parseServerDocument(ex, Buffer.from(event.data, 'utf8'));
+  if (parsed === undefined) return undefined;
+  const text = await review(ex, parsed, 'sse');
+  // The event keeps its id, type and comments, so resumption (Last-Event-ID) is unaffected.
+  return text === undefined ? undefined : serializeSseEvent({ ...event, data: text });
+}
+
+/** Reports each message; returns the document's new text if a list result had to be cut down. */
+async function review(ex: Exchange, parsed: ParsedBody, transport: 'json' | 'sse'): Promise<string | undefined> {
+  const policy = ex.ctx.document().policy;
+  const caller = ex.caller;
+  const privateCache = ex.declaredVersion !== undefined && mirrorsHeaders(ex.declaredVersion);
+  const elements = parsed.batch ? (parsed.value as Record<string, unknown>[]) : [parsed.value as Record<string, unknown>];
+  let changed = false;
+  const texts: string[] = [];
+  for (const [i, m] of parsed.messages.entries()) {
+    const answers = await ex.sawServerMessage(m, transport);
+    const element = elements[i] ?? {};
+    let replaced: Record<string, unknown> | undefined;
+    if (m.kind === 'result' && policy !== undefined && caller !== undefined && isFilteredList(answers) && answers !== undefined) {
+      const result = filterListResult(answers, m.result, ex.serverName, caller, policy, { privateCache });
+      if (result !== undefined) replaced = { ...element, result };
+    }
+    if (replaced !== undefined) changed = true;
+    texts.push(serializeWithId(replaced ?? element, m.id));
+  }
+  if (!changed) return undefined;
+  return parsed.batch ? `[${texts.join(',')}]` : texts[0];
 }
 
 /** A server's body that is not JSON-RPC is the server's business: note it and pass it on untouched. */
-function parseServerMessages(ex: Exchange, body: Buffer | undefined): readonly RpcMessage[] {
-  if (body === undefined || body.length === 0) return [];
+function parseServerDocument(ex: Exchange, body: Buffer | undefined): ParsedBody | undefined {
+  if (body === undefined || body.length === 0) return undefined;
   try {
-    return parseJsonRpc(body.toString('utf8')).messages;
+    return parseJsonRpc(body.toString('utf8'));
   } catch (err) {
     ex.ctx.log.debug({ server: ex.serverName, err: (err as Error).message }, 'upstream body is not JSON-RPC; passed through');
-    return [];
+    return undefined;
   }
 }
 

@@ -5,13 +5,17 @@ import type { Exchange } from './exchange.ts';
 import { headerMap, mediaType } from './headers.ts';
 import type { BodySendMode, HttpHeaders, ProcessingResponse } from './types.ts';
 
-export function onResponseHeaders(ex: Exchange, msg: HttpHeaders): ProcessingResponse {
+export async function onResponseHeaders(ex: Exchange, msg: HttpHeaders): Promise<ProcessingResponse> {
   const headers = headerMap(msg.headers);
   const type = mediaType(headers.get('content-type'));
   const encoding = headers.get('content-encoding')?.trim().toLowerCase();
   ex.responseEncoding = encoding === 'identity' || encoding === '' ? undefined : encoding;
-  // A new session starts on the response to initialize.
-  ex.session ??= headers.get('mcp-session-id');
+  // A new session starts on the response to initialize; it belongs to whoever initialized it.
+  const created = ex.session === undefined ? headers.get('mcp-session-id') : undefined;
+  if (created !== undefined) {
+    ex.session = created;
+    await ex.bindSession(created);
+  }
 
   let mode: BodySendMode = 'NONE';
   if (msg.end_of_stream !== true) {
@@ -26,8 +30,12 @@ export function onResponseHeaders(ex: Exchange, msg: HttpHeaders): ProcessingRes
     }
   }
 
+  // An upstream's challenge would send the client to the upstream's authorization server (with the
+  // wrong audience); the gateway is the resource server the client deals with.
+  const remove = ex.caller !== undefined && headers.has('www-authenticate') ? ['www-authenticate'] : [];
+  if (mode === 'STREAMED' && headers.has('content-length')) remove.push('content-length');
   return {
-    response_headers: { response: {} },
+    response_headers: { response: remove.length > 0 ? { header_mutation: { remove_headers: remove } } : {} },
     // Envoy takes both body modes of an override literally, so the request mode is restated.
     mode_override: { request_body_mode: 'BUFFERED', response_body_mode: mode },
   };

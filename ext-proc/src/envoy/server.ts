@@ -60,7 +60,7 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
         if (gerr.spec.fault === 'server') ctx.log.error({ err, server: ex.serverName, phase: req.request }, 'processor failure');
         else ctx.log.debug({ code: gerr.code, server: ex.serverName, phase: req.request }, gerr.message);
         ctx.observer.rejected(gerr.code, ex.server?.name);
-        res = errorResponse(gerr, ex.server?.name, gerr.rpcId ?? requestIdOf(req));
+        res = errorResponse(gerr, ex.meta, gerr.rpcId ?? requestIdOf(req));
         answeredWithError = true;
       }
       // The call may have been cancelled while the handler awaited.

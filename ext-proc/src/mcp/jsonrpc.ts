@@ -141,3 +141,14 @@ export function errorBody(id: string | undefined, code: number, message: string,
   // The id is spliced in as text so that big integers keep every digit.
   return `{"jsonrpc":"2.0","id":${id ?? 'null'},"error":${JSON.stringify(error)}}`;
 }
+
+/**
+ * A rewritten message as JSON text, its id spliced in from the original's id text so that big integers
+ * keep every digit. `message` is the parsed message with its fields changed as wanted.
+ */
+export function serializeWithId(message: Readonly<Record<string, unknown>>, id: string | undefined): string {
+  const { id: _parsedId, ...rest } = message;
+  const body = JSON.stringify(rest);
+  const idPart = `"id":${id ?? 'null'}`;
+  return body === '{}' ? `{${idPart}}` : `{${idPart},${body.slice(1)}`;
+}
