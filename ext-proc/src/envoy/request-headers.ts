@@ -79,8 +79,10 @@ export async function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Re
 async function authenticateCaller(ex: Exchange, server: ServerSpec, attrs: Record<string, PbStruct> | undefined): Promise<void> {
   const verifier = ex.ctx.verifier();
   if (verifier === undefined || server.resource === undefined) throw new Error(`server ${server.name} requires authentication but no verifier is configured`);
+  // Envoy reports the peer certificate's first URI SAN; only a SPIFFE ID names a workload.
+  const san = attribute(attrs, PEER_URI_SAN_ATTRIBUTE);
   const caller = await authenticate(
-    { server: { ...server, resource: server.resource }, authorization: ex.requestHeaders.get('authorization'), spiffeId: attribute(attrs, PEER_URI_SAN_ATTRIBUTE) },
+    { server: { ...server, resource: server.resource }, authorization: ex.requestHeaders.get('authorization'), spiffeId: san?.startsWith('spiffe://') === true ? san : undefined },
     verifier,
     ex.ctx.revocations,
   );
