@@ -12,7 +12,7 @@ export class Metrics implements Observer {
   readonly #streams: Counter;
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'mcp_ext_proc_process_' });
+    collectDefaultMetrics({ register: this.registry, prefix: 'mcp_ext_proc_process_', eventLoopMonitoringPrecision: 100 });
     this.#streams = new Counter({ name: 'mcp_ext_proc_streams_total', help: 'ext_proc streams opened by Envoy (one per HTTP request).', registers: [this.registry] });
     this.#messages = new Counter({
       name: 'mcp_ext_proc_mcp_messages_total',

@@ -105,6 +105,22 @@ function requestIdOf(req: ProcessingRequest): string | undefined {
   }
 }
 
+/**
+ * Envoy resets (RST_STREAM) its ext_proc stream at the end of nearly every HTTP request. Node's HTTP/2
+ * server counts those as a "rapid reset" attack (CVE-2023-44487 mitigation: a burst of 1000, then 33 per
+ * second) and answers with GOAWAY, which fails every request in flight on that connection with a 500.
+ * The peer here is Envoy, not the internet, so the limits are lifted. grpc-js does not expose these
+ * options; it passes its `commonServerOptions` to http2.createServer at bind time, so they go there.
+ */
+export function allowEnvoyStreamResets(server: grpc.Server): void {
+  const internals = server as unknown as { commonServerOptions?: Record<string, unknown> };
+  if (typeof internals.commonServerOptions !== 'object') {
+    throw new Error('@grpc/grpc-js no longer has Server.commonServerOptions; the HTTP/2 stream reset limits cannot be raised');
+  }
+  internals.commonServerOptions['streamResetBurst'] = 1_000_000;
+  internals.commonServerOptions['streamResetRate'] = 1_000_000;
+}
+
 export interface ProcessorServer {
   readonly port: number;
   readonly health: HealthImplementation;
@@ -122,6 +138,7 @@ export async function startGrpcServer(
     'grpc.keepalive_time_ms': 60_000,
     'grpc.keepalive_timeout_ms': 20_000,
   });
+  allowEnvoyStreamResets(server);
   server.addService(loadExternalProcessor(), { Process: processHandler(ctx, options.handle) });
   const health = new HealthImplementation({ '': 'SERVING', [EXT_PROC_SERVICE]: 'SERVING' });
   health.addToServer(server);
