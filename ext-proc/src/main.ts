@@ -1,6 +1,7 @@
 // Composition root: settings and governance document in, shared state, identity, gRPC and admin
 // servers up, hot reload, graceful shutdown.
 
+import { LRUCache } from 'lru-cache';
 import { pino, type Logger } from 'pino';
 import { handleAdminApi } from './admin/api.ts';
 import { startAdminServer } from './admin/server.ts';
@@ -88,6 +89,7 @@ export async function startService(settings: Settings, options: ServiceOptions =
     log,
     correlationTtlSeconds: settings.correlationTtlSeconds,
     sessionTtlSeconds: settings.sessionTtlSeconds,
+    sessionOwners: new LRUCache<string, string>({ max: 100_000, ttl: settings.sessionTtlSeconds * 1000 }),
   };
 
   const watcher = watchGovernance(

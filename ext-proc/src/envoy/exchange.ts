@@ -1,6 +1,7 @@
 // One HTTP exchange as the processor sees it: the state the phases of a single ext_proc stream share.
 // Envoy opens one gRPC stream per HTTP request, so an Exchange lives exactly as long as its call.
 
+import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { CompiledDocument, ServerSpec } from '../config/document.ts';
 import type { Correlation, Direction, McpMessageEvent, Observer } from '../audit/events.ts';
@@ -30,6 +31,8 @@ export interface ProcessorContext {
   readonly correlationTtlSeconds: number;
   /** How long a session stays bound to its user without being presented again. */
   readonly sessionTtlSeconds: number;
+  /** This replica's copy of session bindings it has seen (key → owner). */
+  readonly sessionOwners: LRUCache<string, string>;
 }
 
 interface PendingRequest {
@@ -80,7 +83,9 @@ export class Exchange {
   async bindSession(session: string): Promise<void> {
     if (this.caller === undefined) return;
     const owner = principalKey(this.caller.user);
-    await this.ctx.sharedStateCall(() => this.ctx.state.set(keys.sessionOwner(this.serverName, session), owner, this.ctx.sessionTtlSeconds));
+    const key = keys.sessionOwner(this.serverName, session);
+    await this.ctx.sharedStateCall(() => this.ctx.state.set(key, owner, this.ctx.sessionTtlSeconds));
+    this.ctx.sessionOwners.set(key, owner);
   }
 
   /** Reports a client→server message and remembers requests so their responses can be matched. */

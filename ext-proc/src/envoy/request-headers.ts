@@ -95,11 +95,14 @@ async function authenticateCaller(ex: Exchange, server: ServerSpec, attrs: Recor
 /** A session id is not a credential: it stays with the user who created it. */
 async function checkSessionOwner(ex: Exchange, session: string, owner: string): Promise<void> {
   const key = keys.sessionOwner(ex.serverName, session);
-  const known = await ex.ctx.sharedStateCall(() => ex.ctx.state.get(key));
+  // A binding never changes once made, so a replica that has seen it need not ask Redis again.
+  const known = ex.ctx.sessionOwners.get(key) ?? (await ex.ctx.sharedStateCall(() => ex.ctx.state.get(key)));
+  if (known !== undefined) ex.ctx.sessionOwners.set(key, known);
   if (known === undefined) {
     // Unknown to us (created before the gateway governed it, or its binding expired): the first user to
     // present it is bound to it from now on, so it cannot be shared afterwards.
     await ex.ctx.sharedStateCall(() => ex.ctx.state.set(key, owner, ex.ctx.sessionTtlSeconds));
+    ex.ctx.sessionOwners.set(key, owner);
   } else if (known !== owner) {
     throw new GatewayError('ERR_SESSION_FOREIGN', 'this MCP session was created by another user; start a new session (initialize)');
   }
