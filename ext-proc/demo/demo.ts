@@ -86,7 +86,8 @@ or by hand:
        -H 'accept: application/json, text/event-stream' \\
        -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}'
 
-Envoy's access log (one JSON line per request, with the processor's dynamic metadata) appears below.
+The audit trail (one JSON record per MCP message) is written to stdout; Envoy's access log (one line per
+request, with the processor's dynamic metadata) appears on stderr, prefixed [envoy].
 Ctrl-C stops everything.
 `);
 }

@@ -150,6 +150,8 @@ export interface GatewayErrorOptions {
   readonly challenge?: BearerChallenge | undefined;
   /** The policy rule behind a denial, for the audit record and dynamic metadata. */
   readonly ruleId?: string | undefined;
+  /** The refusal already has its audit records (a denial writes one per message it refuses). */
+  readonly audited?: boolean | undefined;
 }
 
 /** A failure with a stable code. Thrown by any layer; turned into a client answer in one place. */
@@ -160,6 +162,7 @@ export class GatewayError extends Error {
   readonly rpcId: string | undefined;
   readonly challenge: BearerChallenge | undefined;
   readonly ruleId: string | undefined;
+  readonly audited: boolean;
 
   constructor(code: ErrorCode, message: string, options: GatewayErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -169,6 +172,7 @@ export class GatewayError extends Error {
     this.rpcId = options.rpcId;
     this.challenge = options.challenge;
     this.ruleId = options.ruleId;
+    this.audited = options.audited ?? false;
   }
 
   /** The same error, answering a given request id and/or carrying a challenge. */
@@ -178,6 +182,7 @@ export class GatewayError extends Error {
       cause: this.cause,
       challenge: options.challenge ?? this.challenge,
       ruleId: options.ruleId ?? this.ruleId,
+      audited: options.audited ?? this.audited,
     });
   }
 }

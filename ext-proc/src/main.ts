@@ -5,7 +5,10 @@ import { LRUCache } from 'lru-cache';
 import { pino, type Logger } from 'pino';
 import { handleAdminApi } from './admin/api.ts';
 import { startAdminServer } from './admin/server.ts';
+import { Auditor } from './audit/auditor.ts';
 import { allOf, type Observer } from './audit/events.ts';
+import { createAuditSink } from './audit/sink.ts';
+import { createTracer } from './audit/tracing.ts';
 import { Metrics } from './audit/metrics.ts';
 import { loadGovernance, type CompiledDocument } from './config/document.ts';
 import type { Settings } from './config/settings.ts';
@@ -22,6 +25,8 @@ export interface Service {
   readonly grpcPort: number;
   readonly adminPort: number;
   readonly metrics: Metrics;
+  /** Everything audited so far has reached the sink's destination. */
+  flushAudit(): Promise<void>;
   /** Graceful stop: not ready, finish in-flight streams (up to the grace period), close. */
   stop(): Promise<void>;
 }
@@ -54,20 +59,40 @@ async function createState(settings: Settings, log: Logger): Promise<SharedState
   });
 }
 
-function verifierFor(doc: CompiledDocument): TokenVerifier | undefined {
+function verifierFor(doc: CompiledDocument, metrics: Metrics): TokenVerifier | undefined {
   const id = doc.identity;
-  return id === undefined ? undefined : new TokenVerifier(id.issuers, { clockSkewSeconds: id.clockSkewSeconds });
+  return id === undefined ? undefined : new TokenVerifier(id.issuers, { clockSkewSeconds: id.clockSkewSeconds, onResult: (r) => metrics.tokenVerification(r) });
 }
 
 export async function startService(settings: Settings, options: ServiceOptions = {}): Promise<Service> {
   const log = options.log ?? createLogger(settings.logLevel);
   let document: CompiledDocument = loadGovernance(settings.configFile);
-  let verifier = verifierFor(document);
+  const metrics = new Metrics();
+  let verifier = verifierFor(document, metrics);
+  // The sink and its format are fixed at start (a reload cannot move the audit trail); redaction and
+  // the user fields follow the document in force.
+  const format = document.audit.format;
+  const sink = createAuditSink({
+    format,
+    sink: document.audit.sink,
+    onWrite: () => metrics.auditWritten(format),
+    onDrop: (count: number) => {
+      metrics.auditDropped(count);
+      log.warn({ dropped: count }, 'audit sink cannot keep up: records dropped');
+    },
+    onError: (err: unknown) => log.warn({ err: (err as Error).message }, 'audit sink error'),
+  });
+  const auditor = new Auditor({
+    sink,
+    tracer: createTracer({ otlpEndpoint: settings.otlpEndpoint === '' ? undefined : settings.otlpEndpoint }),
+    metrics,
+    redactor: () => document.audit.redactor,
+    settings: () => ({ salt: settings.auditSalt, includeEmail: document.audit.includeEmail, includeGroups: document.audit.includeGroups }),
+  });
   const state = options.state ?? (await createState(settings, log));
   const failureMode = document.identity?.failureMode ?? 'closed';
   const revocations = new Revocations(state, { failureMode, clockSkewSeconds: document.identity?.clockSkewSeconds ?? 0 });
   await revocations.ready();
-  const metrics = new Metrics();
 
   const ctx: ProcessorContext = {
     document: () => document,
@@ -86,6 +111,8 @@ export async function startService(settings: Settings, options: ServiceOptions =
       }
     },
     observer: options.observer === undefined ? metrics : allOf(metrics, options.observer),
+    auditor,
+    metrics,
     log,
     correlationTtlSeconds: settings.correlationTtlSeconds,
     sessionTtlSeconds: settings.sessionTtlSeconds,
@@ -97,7 +124,7 @@ export async function startService(settings: Settings, options: ServiceOptions =
     () => document,
     (next) => {
       // Keep the verifier (and its key and token caches) unless the identity section changed.
-      if (JSON.stringify(next.identity) !== JSON.stringify(document.identity)) verifier = verifierFor(next);
+      if (JSON.stringify(next.identity) !== JSON.stringify(document.identity)) verifier = verifierFor(next, metrics);
       document = next;
     },
     { pollSeconds: settings.configPollSeconds, log, onResult: (r) => metrics.configReload(r) },
@@ -136,10 +163,14 @@ export async function startService(settings: Settings, options: ServiceOptions =
     grpcPort: grpcServer.port,
     adminPort: admin.port,
     metrics,
+    flushAudit: () => sink.flush(),
     async stop() {
       draining = true;
       watcher.stop();
       await grpcServer.shutdown(settings.shutdownGraceSeconds * 1000);
+      await grpcServer.streams.drained(2_000);
+      // Every stream is finished (or cancelled) and has written its records: now they reach the sink.
+      await auditor.close().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not flush traces'));
       await admin.close();
       await revocations.close();
       await state.close();

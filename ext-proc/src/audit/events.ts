@@ -25,9 +25,11 @@ export interface Observer {
   message(event: McpMessageEvent): void;
   /** A request answered with an error instead of being forwarded (or a response cut short). */
   rejected(code: ErrorCode, server: string | undefined): void;
+  /** Processor time for one Envoy message. */
+  phase(phase: string, seconds: number): void;
 }
 
-export const ignoreEvents: Observer = { streamOpened: () => undefined, message: () => undefined, rejected: () => undefined };
+export const ignoreEvents: Observer = { streamOpened: () => undefined, message: () => undefined, rejected: () => undefined, phase: () => undefined };
 
 /** Sends every event to each observer in turn. */
 export function allOf(...observers: Observer[]): Observer {
@@ -35,5 +37,6 @@ export function allOf(...observers: Observer[]): Observer {
     streamOpened: () => { for (const o of observers) o.streamOpened(); },
     message: (e) => { for (const o of observers) o.message(e); },
     rejected: (c, s) => { for (const o of observers) o.rejected(c, s); },
+    phase: (p, t) => { for (const o of observers) o.phase(p, t); },
   };
 }

@@ -10,6 +10,9 @@ import { parseDocument as parseYaml } from 'yaml';
 import { DEFAULT_CLAIMS, TokenVerifier, type IssuerSpec } from '../identity/verifier.ts';
 import { compilePolicy } from '../policy/compile.ts';
 import policySchema from '../policy/policy.schema.json' with { type: 'json' };
+import auditSchema from '../audit/audit.schema.json' with { type: 'json' };
+import type { AuditFormat, AuditSection, SinkSection } from '../audit/record.ts';
+import { compileRedaction, type Redactor } from '../audit/redact.ts';
 import type { CompiledPolicy } from '../policy/types.ts';
 import schema from './governance.schema.json' with { type: 'json' };
 
@@ -43,6 +46,15 @@ export interface GovernanceDocument {
     readonly adminAudience?: string;
   };
   readonly policy?: unknown;
+  readonly audit?: AuditSection;
+}
+
+export interface AuditSettingsCompiled {
+  readonly format: AuditFormat;
+  readonly sink: SinkSection;
+  readonly includeEmail: boolean;
+  readonly includeGroups: boolean;
+  readonly redactor: Redactor;
 }
 
 export interface ServerSpec {
@@ -74,6 +86,7 @@ export interface CompiledDocument {
   readonly identity: IdentitySettings | undefined;
   /** Undefined when the document has no policy: every authenticated caller may use every server. */
   readonly policy: CompiledPolicy | undefined;
+  readonly audit: AuditSettingsCompiled;
   /** The server whose path prefix is the longest match for `path`, if any. */
   serverForPath(path: string): ServerSpec | undefined;
   /** The server whose resource URL has this path (for /.well-known/oauth-protected-resource/<path>). */
@@ -88,6 +101,7 @@ export class ConfigError extends Error {
 const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true });
 addFormats.default(ajv);
 ajv.addSchema(policySchema);
+ajv.addSchema(auditSchema);
 const validate = ajv.compile<GovernanceDocument>(schema);
 
 /** `/servers/0/pathPrefixes/1` → `servers[0].pathPrefixes[1]`. */
@@ -189,7 +203,9 @@ function compile(doc: GovernanceDocument, source: string, digest: string): Compi
   const resources = new Map<string, ServerSpec>();
   let identity: IdentitySettings | undefined;
   let policy: CompiledPolicy | undefined;
+  let redactor: Redactor;
   try {
+    redactor = compileRedaction(doc.audit?.arguments);
     identity = compileIdentity(doc);
     for (const [i, input] of doc.servers.entries()) {
       if (servers.has(input.name)) throw new Error(`servers[${i}].name: "${input.name}" is listed twice`);
@@ -219,6 +235,13 @@ function compile(doc: GovernanceDocument, source: string, digest: string): Compi
     maxRequestBodyBytes: doc.limits?.maxRequestBodyBytes ?? 1048576,
     identity,
     policy,
+    audit: {
+      format: doc.audit?.format ?? 'native',
+      sink: doc.audit?.sink ?? { type: 'stdout' },
+      includeEmail: doc.audit?.includeEmail ?? true,
+      includeGroups: doc.audit?.includeGroups ?? true,
+      redactor,
+    },
     serverForPath(path) {
       return prefixes.find((p) => path.startsWith(p.prefix))?.server;
     },

@@ -18,6 +18,10 @@ export interface Settings {
   readonly redisUrl: string;
   readonly redisCommandTimeoutMs: number;
   readonly configPollSeconds: number;
+  /** OTLP/HTTP traces endpoint; empty: no export (trace ids still go into audit records). */
+  readonly otlpEndpoint: string;
+  /** Key for hashing session ids in audit records; the same on every replica so hashes match. */
+  readonly auditSalt: string;
 }
 
 interface Option {
@@ -39,6 +43,8 @@ export const OPTIONS = {
   sessionTtlSeconds: { flag: 'session-ttl-seconds', env: 'MCP_EXT_PROC_SESSION_TTL_SECONDS', fallback: '86400', help: 'how long a session stays bound to the user who created it' },
   redisUrl: { flag: 'redis-url', env: 'MCP_EXT_PROC_REDIS_URL', fallback: '', help: 'shared state: redis://, rediss://, redis-sentinel://h:p,h:p/name or redis-cluster://h:p,h:p (empty: in memory, one replica)' },
   redisCommandTimeoutMs: { flag: 'redis-command-timeout-ms', env: 'MCP_EXT_PROC_REDIS_COMMAND_TIMEOUT_MS', fallback: '300', help: 'a Redis command slower than this counts as Redis being down' },
+  otlpEndpoint: { flag: 'otlp-endpoint', env: 'MCP_EXT_PROC_OTLP_ENDPOINT', fallback: '', help: 'export one span per MCP call to this OTLP/HTTP traces URL (empty: off)' },
+  auditSalt: { flag: 'audit-salt', env: 'MCP_EXT_PROC_AUDIT_SALT', fallback: 'mcp-ext-proc', help: 'key for hashing session ids in audit records (set the same secret on every replica)' },
   configPollSeconds: { flag: 'config-poll-seconds', env: 'MCP_EXT_PROC_CONFIG_POLL_SECONDS', fallback: '2', help: 'how often the governance document is checked for changes (0: never)' },
 } as const satisfies Record<keyof Settings, Option>;
 
@@ -85,5 +91,7 @@ export function parseSettings(argv: readonly string[], env: NodeJS.ProcessEnv): 
     redisUrl: raw('redisUrl'),
     redisCommandTimeoutMs: int('redisCommandTimeoutMs', 10, 10_000),
     configPollSeconds: int('configPollSeconds', 0, 3600),
+    otlpEndpoint: raw('otlpEndpoint') || (env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] ?? ''),
+    auditSalt: raw('auditSalt'),
   };
 }

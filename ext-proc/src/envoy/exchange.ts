@@ -4,7 +4,11 @@
 import type { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { CompiledDocument, ServerSpec } from '../config/document.ts';
+import { outcomeOf, type Auditor, type CallContext, type PendingCall } from '../audit/auditor.ts';
 import type { Correlation, Direction, McpMessageEvent, Observer } from '../audit/events.ts';
+import type { Metrics } from '../audit/metrics.ts';
+import { parseTraceparent } from '../audit/tracing.ts';
+import type { GatewayError } from '../errors.ts';
 import type { RpcMessage } from '../mcp/jsonrpc.ts';
 import type { SseParser } from '../mcp/sse.ts';
 import { principalKey, type Caller } from '../identity/principal.ts';
@@ -26,6 +30,8 @@ export interface ProcessorContext {
    */
   sharedStateCall<T>(call: () => Promise<T>): Promise<T | undefined>;
   readonly observer: Observer;
+  readonly auditor: Auditor;
+  readonly metrics: Metrics;
   readonly log: Logger;
   /** How long shared state remembers a request whose response may come on another stream. */
   readonly correlationTtlSeconds: number;
@@ -35,9 +41,14 @@ export interface ProcessorContext {
   readonly sessionOwners: LRUCache<string, string>;
 }
 
-interface PendingRequest {
-  readonly method: string;
-  readonly name: string | undefined;
+/** A call stored in shared state by another stream; anything unreadable is treated as absent. */
+function parsePendingCall(text: string): PendingCall | undefined {
+  try {
+    const v = JSON.parse(text) as PendingCall;
+    return typeof v.id === 'string' && typeof v.method === 'string' ? v : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export class Exchange {
@@ -60,11 +71,14 @@ export class Exchange {
 
   /** What Envoy gets as dynamic metadata (namespace mcp_ext_proc): server, user, agent, method, tool, … */
   readonly meta: Record<string, string | undefined> = {};
-  /** Policy decisions taken for this exchange's requests, in order. */
-  readonly decisions: Decision[] = [];
   /** Requests sent on this stream that still await their response, by JSON-RPC id text. */
-  readonly pending = new Map<string, PendingRequest>();
+  readonly pending = new Map<string, PendingCall>();
+  /** Status of the upstream response, and when its headers came. */
+  responseStatus: number | undefined;
+  upstreamAtMs: number | undefined;
   responseKind: 'json' | 'sse' | 'none' = 'none';
+  /** The upstream response was seen to its end (Envoy sent end_of_stream). */
+  responseComplete = false;
   responseEncoding: string | undefined;
   sse: SseParser | undefined;
   /** Bytes of earlier chunks held back by the SSE parser and not yet sent on. */
@@ -88,47 +102,108 @@ export class Exchange {
     this.ctx.sessionOwners.set(key, owner);
   }
 
-  /** Reports a client→server message and remembers requests so their responses can be matched. */
-  async sawClientMessage(m: RpcMessage): Promise<void> {
-    if (m.kind === 'request' && m.id !== undefined && m.method !== undefined) {
-      this.pending.set(m.id, { method: m.method, name: m.name });
-      // The legacy transport answers every POST on the separate GET stream, often before the POST's own
-      // 202 comes back: the request must be in shared state before the body goes upstream.
+  /** What the audit trail needs to know about this HTTP request. */
+  callContext(): CallContext {
+    return {
+      server: this.serverName,
+      session: this.session,
+      protocolVersion: this.declaredVersion,
+      legacy: this.legacy,
+      caller: this.caller,
+      requestId: this.requestHeaders.get('x-request-id'),
+      trace: parseTraceparent(this.requestHeaders.get('traceparent')),
+    };
+  }
+
+  /** Opens the audit call of a client→server message. */
+  begin(m: RpcMessage, requestBytes: number | undefined, decision: Decision | undefined): PendingCall {
+    return this.ctx.auditor.begin(this.callContext(), m, requestBytes, decision);
+  }
+
+  /**
+   * A client→server message goes upstream. Requests wait for their response; anything else is written
+   * now. Legacy-transport requests are answered on the separate GET stream, often before the POST's own
+   * 202 comes back, so they are in shared state before the body goes upstream.
+   */
+  async sawClientMessage(m: RpcMessage, call: PendingCall): Promise<void> {
+    if (m.kind === 'request' && m.id !== undefined) {
+      call.forwardedAtMs = Date.now();
+      this.pending.set(m.id, call);
       if (this.legacy && this.session !== undefined) {
-        await this.ctx.state.set(keys.request(this.serverName, this.session, m.id), m.method, this.ctx.correlationTtlSeconds);
+        await this.ctx.state.set(keys.request(this.serverName, this.session, m.id), JSON.stringify(call), this.ctx.correlationTtlSeconds);
       }
+    } else {
+      this.ctx.auditor.finish(call, { outcome: 'ok' });
     }
     this.emit('client_to_server', m, undefined, 'none', 'json');
   }
 
   /** Reports a server→client message, matching responses to the request they answer (returned). */
-  async sawServerMessage(m: RpcMessage, transport: 'json' | 'sse'): Promise<string | undefined> {
+  async sawServerMessage(m: RpcMessage, transport: 'json' | 'sse', bytes: number): Promise<string | undefined> {
     if (m.kind !== 'result' && m.kind !== 'error') {
+      // Requests from the server (sampling, elicitation, roots) are recorded; its notifications are not.
+      if (m.kind === 'request') this.ctx.auditor.finish(this.ctx.auditor.begin(this.callContext(), m, bytes, undefined), { outcome: 'ok' });
       this.emit('server_to_client', m, undefined, 'none', transport);
       return undefined;
     }
-    let answers: string | undefined;
+    let call: PendingCall | undefined;
     let correlation: Correlation = 'none';
     const local = m.id === undefined ? undefined : this.pending.get(m.id);
     if (local !== undefined && m.id !== undefined) {
       this.pending.delete(m.id);
-      answers = local.method;
+      call = local;
       correlation = 'stream';
     } else if (m.id !== undefined && this.session !== undefined) {
       const key = keys.request(this.serverName, this.session, m.id);
-      answers = await this.ctx.state.get(key);
-      if (answers !== undefined) {
+      const stored = await this.ctx.state.get(key);
+      if (stored !== undefined) {
+        call = parsePendingCall(stored);
         correlation = 'shared_state';
         await this.ctx.state.delete(key);
       }
     }
+    let answers = call?.method;
     if (answers === undefined && m.kind === 'result') {
       answers = methodFromShape(m.result);
       if (answers !== undefined) correlation = 'shape';
     }
+    if (call !== undefined) {
+      this.ctx.auditor.finish(call, { ...outcomeOf(m), httpStatus: this.responseStatus, responseBytes: bytes, upstreamAtMs: this.upstreamAtMs });
+    }
     if (answers === 'initialize' && this.session !== undefined) await this.rememberVersion(m.result);
     this.emit('server_to_client', m, answers, correlation, transport);
     return answers;
+  }
+
+  /** The upstream answered with no JSON-RPC to read (an HTTP error page, say): every open call ends here. */
+  upstreamFailed(httpStatus: number): void {
+    for (const call of this.pending.values()) {
+      this.ctx.auditor.finish(call, { outcome: 'upstream_error', httpStatus, upstreamAtMs: this.upstreamAtMs });
+    }
+    this.pending.clear();
+  }
+
+  /** A refusal that no denial has recorded yet gets its record here (on every path, never twice). */
+  auditRefusal(err: GatewayError): void {
+    if (err.audited) return;
+    const m: RpcMessage = {
+      kind: 'request',
+      id: err.rpcId,
+      method: this.meta['method'] ?? 'unknown',
+      params: undefined,
+      result: undefined,
+      error: undefined,
+      name: this.meta['name'],
+    };
+    const denied = err.code === 'ERR_POLICY_DENIED' || err.code === 'ERR_INSUFFICIENT_SCOPE' || err.code === 'ERR_SESSION_FOREIGN';
+    this.ctx.auditor.finish(this.begin(m, undefined, undefined), {
+      outcome: denied ? 'denied' : 'rejected',
+      errorCode: err.code,
+      rpcErrorCode: err.spec.rpcCode,
+      httpStatus: err.spec.httpStatus,
+    });
+    for (const call of this.pending.values()) this.ctx.auditor.finish(call, { outcome: 'rejected', errorCode: err.code, httpStatus: err.spec.httpStatus });
+    this.pending.clear();
   }
 
   /** The negotiated version decides, for example, whether a later batch is allowed. */
@@ -140,15 +215,25 @@ export class Exchange {
   }
 
   /**
-   * The stream is over. Requests whose response never came on it (the client or server dropped an SSE
-   * stream) may be answered on a resumed stream, so they move to shared state.
+   * The stream is over. A request whose response never came on it is recorded as cancelled (the client
+   * went away) or unanswered. Legacy-transport requests are answered on the GET stream, and a dropped SSE
+   * stream may be resumed, so those calls also wait in shared state: a late response there writes its
+   * own record, with the same id.
    */
-  async close(): Promise<void> {
-    if (this.session === undefined || this.pending.size === 0 || this.legacy) return;
-    const session = this.session;
-    const writes = [...this.pending].map(([id, p]) =>
-      this.ctx.state.set(keys.request(this.serverName, session, id), p.method, this.ctx.correlationTtlSeconds),
-    );
+  async close(reason: 'ended' | 'cancelled'): Promise<void> {
+    const writes: Promise<void>[] = [];
+    for (const [id, call] of this.pending) {
+      if (this.legacy) {
+        this.ctx.auditor.release(call);
+        continue;
+      }
+      // Envoy may close the stream cleanly when the client goes away; a response cut short is a cancellation.
+      const cancelled = reason === 'cancelled' || (this.responseKind !== 'none' && !this.responseComplete);
+      this.ctx.auditor.finish(call, { outcome: cancelled ? 'cancelled' : 'no_response', httpStatus: this.responseStatus });
+      if (this.session !== undefined && this.responseKind === 'sse') {
+        writes.push(this.ctx.state.set(keys.request(this.serverName, this.session, id), JSON.stringify(call), this.ctx.correlationTtlSeconds));
+      }
+    }
     this.pending.clear();
     await Promise.all(writes);
   }

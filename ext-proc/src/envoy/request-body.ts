@@ -30,9 +30,24 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
     checkMirroredHeaders(ex, first);
   }
   noteMessage(ex, first);
-  const decision = authorize(ex, parsed.messages);
-  for (const m of parsed.messages) await ex.sawClientMessage(m);
-
+  const decisions = decide(ex, parsed.messages);
+  const bytes = parsed.messages.length === 1 ? raw.length : undefined;
+  const calls = parsed.messages.map((m) => ex.begin(m, bytes, decisions.get(m)));
+  const denial = refusalOf(ex, parsed.messages, decisions);
+  if (denial !== undefined) {
+    // Every message of the document gets its record: the denied one says why, a batch's others that
+    // they went down with it.
+    for (const call of calls) {
+      const denied = call.rpcId === denial.rpcId;
+      ex.ctx.auditor.finish(call, { outcome: denied ? 'denied' : 'rejected', errorCode: denial.code, rpcErrorCode: denial.spec.rpcCode, httpStatus: denial.spec.httpStatus });
+    }
+    throw denial.with({ audited: true });
+  }
+  for (const [i, m] of parsed.messages.entries()) {
+    const call = calls[i];
+    if (call !== undefined) await ex.sawClientMessage(m, call);
+  }
+  const decision = [...decisions.values()].at(-1);
   noteDecision(ex, decision);
   return { request_body: { response: {} }, dynamic_metadata: metadata(ex) };
 }
@@ -49,39 +64,45 @@ function noteDecision(ex: Exchange, d: Decision | undefined): void {
   ex.meta['rule'] = d?.ruleId;
 }
 
-/**
- * Decides every governed request of the document before anything is forwarded. A denial answers the
- * request with an error naming the rule; in a batch, one denied element refuses the whole batch.
- * Returns the decision of the last governed request (for the access log).
- */
-function authorize(ex: Exchange, messages: readonly RpcMessage[]): Decision | undefined {
+/** Decides every governed request of the document before anything is forwarded. */
+function decide(ex: Exchange, messages: readonly RpcMessage[]): Map<RpcMessage, Decision> {
+  const decisions = new Map<RpcMessage, Decision>();
   const policy = ex.ctx.document().policy;
   const caller = ex.caller;
-  if (policy === undefined || caller === undefined) return undefined;
-  let last: Decision | undefined;
+  if (policy === undefined || caller === undefined) return decisions;
   for (const m of messages) {
     if (m.kind !== 'request') continue;
     const request = policyRequestFor(m, ex.serverName, caller);
-    if (request === undefined) continue;
-    const d = policy.decide(request);
-    ex.decisions.push(d);
-    if (d.effect === 'deny') {
-      noteDecision(ex, d);
-      const scopes = d.requiredScopes;
-      if (scopes !== undefined && scopes.length > 0 && ex.server?.resource !== undefined) {
-        throw new GatewayError('ERR_INSUFFICIENT_SCOPE', denialMessage(d, request), {
-          rpcId: m.id,
-          ruleId: d.ruleId,
-          // The scopes to ask for are those already granted plus the missing ones: a client that
-          // re-authorizes with only the missing scopes would lose the others.
-          challenge: { resourceMetadata: resourceMetadataUrl(ex.server.resource), scope: [...new Set([...caller.user.scopes, ...scopes])].join(' '), error: 'insufficient_scope' },
-        });
-      }
-      throw new GatewayError('ERR_POLICY_DENIED', denialMessage(d, request), { rpcId: m.id, ruleId: d.ruleId });
-    }
-    last = d;
+    if (request !== undefined) decisions.set(m, policy.decide(request));
   }
-  return last;
+  return decisions;
+}
+
+/**
+ * The answer to the first denied request, if any: an error naming the rule, or — where more scope
+ * would fix it — 403 insufficient_scope. In a batch, one denied element refuses the whole batch.
+ */
+function refusalOf(ex: Exchange, messages: readonly RpcMessage[], decisions: Map<RpcMessage, Decision>): GatewayError | undefined {
+  const caller = ex.caller;
+  for (const m of messages) {
+    const d = decisions.get(m);
+    if (d?.effect !== 'deny' || caller === undefined) continue;
+    noteDecision(ex, d);
+    const request = policyRequestFor(m, ex.serverName, caller);
+    const message = request === undefined ? d.reason : denialMessage(d, request);
+    const scopes = d.requiredScopes;
+    if (scopes !== undefined && scopes.length > 0 && ex.server?.resource !== undefined) {
+      return new GatewayError('ERR_INSUFFICIENT_SCOPE', message, {
+        rpcId: m.id,
+        ruleId: d.ruleId,
+        // The scopes to ask for are those already granted plus the missing ones: a client that
+        // re-authorizes with only the missing scopes would lose the others.
+        challenge: { resourceMetadata: resourceMetadataUrl(ex.server.resource), scope: [...new Set([...caller.user.scopes, ...scopes])].join(' '), error: 'insufficient_scope' },
+      });
+    }
+    return new GatewayError('ERR_POLICY_DENIED', message, { rpcId: m.id, ruleId: d.ruleId });
+  }
+  return undefined;
 }
 
 function decode(raw: Buffer, encoding: string | undefined, limit: number): Buffer {

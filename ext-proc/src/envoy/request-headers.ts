@@ -85,6 +85,7 @@ async function authenticateCaller(ex: Exchange, server: ServerSpec, attrs: Recor
     { server: { ...server, resource: server.resource }, authorization: ex.requestHeaders.get('authorization'), spiffeId: san?.startsWith('spiffe://') === true ? san : undefined },
     verifier,
     ex.ctx.revocations,
+    (r) => ex.ctx.metrics.revocationCheck(r),
   );
   ex.caller = caller;
   ex.meta['user'] = caller.user.subject;

@@ -15,7 +15,8 @@ const CONTINUE: ProcessingResponse = { response_body: { response: {} } };
 
 export async function onResponseBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const chunk = msg.body ?? Buffer.alloc(0);
-  if (ex.responseKind === 'json') return readJson(ex, chunk);
+  if (msg.end_of_stream === true) ex.responseComplete = true;
+  if (ex.responseKind === 'json') return readJson(ex, chunk, msg);
   const parser = ex.sse;
   if (ex.responseKind !== 'sse' || parser === undefined) return CONTINUE;
 
@@ -38,11 +39,14 @@ export async function onResponseBody(ex: Exchange, msg: HttpBody): Promise<Proce
   return { response_body: { response: { body_mutation: { body: Buffer.concat(out) } } } };
 }
 
-async function readJson(ex: Exchange, chunk: Buffer): Promise<ProcessingResponse> {
+async function readJson(ex: Exchange, chunk: Buffer, msg: HttpBody): Promise<ProcessingResponse> {
   const decoded = decodeResponse(chunk, ex.responseEncoding);
   const parsed = parseServerDocument(ex, decoded);
-  if (parsed === undefined) return CONTINUE;
-  const text = await review(ex, parsed, 'json');
+  if (parsed === undefined) {
+    if (msg.end_of_stream === true) ex.upstreamFailed(ex.responseStatus ?? 0);
+    return CONTINUE;
+  }
+  const text = await review(ex, parsed, 'json', decoded?.length ?? chunk.length);
   if (text === undefined) return CONTINUE;
   const body = Buffer.from(text, 'utf8');
   const remove = ex.responseEncoding === undefined ? [] : ['content-encoding'];
@@ -72,15 +76,16 @@ async function readEvent(ex: Exchange, segment: SseSegment): Promise<Buffer | un
     }
     return undefined;
   }
-  const parsed = parseServerDocument(ex, Buffer.from(event.data, 'utf8'));
+  const data = Buffer.from(event.data, 'utf8');
+  const parsed = parseServerDocument(ex, data);
   if (parsed === undefined) return undefined;
-  const text = await review(ex, parsed, 'sse');
+  const text = await review(ex, parsed, 'sse', data.length);
   // The event keeps its id, type and comments, so resumption (Last-Event-ID) is unaffected.
   return text === undefined ? undefined : serializeSseEvent({ ...event, data: text });
 }
 
 /** Reports each message; returns the document's new text if a list result had to be cut down. */
-async function review(ex: Exchange, parsed: ParsedBody, transport: 'json' | 'sse'): Promise<string | undefined> {
+async function review(ex: Exchange, parsed: ParsedBody, transport: 'json' | 'sse', bytes: number): Promise<string | undefined> {
   const policy = ex.ctx.document().policy;
   const caller = ex.caller;
   const privateCache = ex.declaredVersion !== undefined && mirrorsHeaders(ex.declaredVersion);
@@ -88,7 +93,7 @@ async function review(ex: Exchange, parsed: ParsedBody, transport: 'json' | 'sse
   let changed = false;
   const texts: string[] = [];
   for (const [i, m] of parsed.messages.entries()) {
-    const answers = await ex.sawServerMessage(m, transport);
+    const answers = await ex.sawServerMessage(m, transport, parsed.batch ? 0 : bytes);
     const element = elements[i] ?? {};
     let replaced: Record<string, unknown> | undefined;
     if (m.kind === 'result' && policy !== undefined && caller !== undefined && isFilteredList(answers) && answers !== undefined) {

@@ -8,6 +8,9 @@ import type { BodySendMode, HttpHeaders, ProcessingResponse } from './types.ts';
 export async function onResponseHeaders(ex: Exchange, msg: HttpHeaders): Promise<ProcessingResponse> {
   const headers = headerMap(msg.headers);
   const type = mediaType(headers.get('content-type'));
+  const status = Number(headers.get(':status') ?? '0');
+  ex.responseStatus = status;
+  ex.upstreamAtMs = Date.now();
   const encoding = headers.get('content-encoding')?.trim().toLowerCase();
   ex.responseEncoding = encoding === 'identity' || encoding === '' ? undefined : encoding;
   // A new session starts on the response to initialize; it belongs to whoever initialized it.
@@ -29,6 +32,10 @@ export async function onResponseHeaders(ex: Exchange, msg: HttpHeaders): Promise
       mode = 'STREAMED';
     }
   }
+
+  // Nothing readable will come (an error page, an empty body): the calls waiting on this stream end here.
+  // A 202 answers a POSTed notification or a legacy-transport request, whose response comes elsewhere.
+  if (mode === 'NONE' && status >= 300) ex.upstreamFailed(status);
 
   // An upstream's challenge would send the client to the upstream's authorization server (with the
   // wrong audience); the gateway is the resource server the client deals with.

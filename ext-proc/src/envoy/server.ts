@@ -40,8 +40,36 @@ export function dispatch(ex: Exchange, req: ProcessingRequest): ProcessingRespon
   }
 }
 
-export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatch): grpc.handleBidiStreamingCall<ProcessingRequest, ProcessingResponse> {
+/** Streams whose exchange has not closed yet; shutdown waits for them so that their records are written. */
+export class OpenStreams {
+  #count = 0;
+  #waiters: (() => void)[] = [];
+
+  opened(): void {
+    this.#count++;
+  }
+
+  closed(): void {
+    this.#count--;
+    if (this.#count === 0) for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Resolves when none are open, or after timeoutMs. */
+  drained(timeoutMs: number): Promise<void> {
+    if (this.#count === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.#waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatch, open = new OpenStreams()): grpc.handleBidiStreamingCall<ProcessingRequest, ProcessingResponse> {
   return (call: ProcessCall) => {
+    open.opened();
     const routeServer = call.metadata.get(ROUTE_SERVER_HEADER)[0];
     const ex = new Exchange(ctx, typeof routeServer === 'string' ? routeServer : undefined);
     ctx.observer.streamOpened();
@@ -53,24 +81,29 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
       // After an ImmediateResponse Envoy has finished with this exchange; late messages need no answer.
       if (answeredWithError || closed) return;
       let res: ProcessingResponse;
+      const started = process.hrtime.bigint();
       try {
         res = await handle(ex, req);
       } catch (err) {
         const gerr = toGatewayError(err);
+        ex.auditRefusal(gerr);
         if (gerr.spec.fault === 'server') ctx.log.error({ err, server: ex.serverName, phase: req.request }, 'processor failure');
         else ctx.log.debug({ code: gerr.code, server: ex.serverName, phase: req.request }, gerr.message);
         ctx.observer.rejected(gerr.code, ex.server?.name);
         res = errorResponse(gerr, ex.meta, gerr.rpcId ?? requestIdOf(req));
         answeredWithError = true;
       }
+      ctx.observer.phase(req.request ?? 'other', Number(process.hrtime.bigint() - started) / 1e9);
       // The call may have been cancelled while the handler awaited.
       if (!call.cancelled && call.writable) call.write(res);
     };
 
-    const finish = (): void => {
+    const finish = (reason: 'ended' | 'cancelled'): void => {
       if (closed) return;
       closed = true;
-      ex.close().catch((err: unknown) => ctx.log.warn({ err }, 'could not hand pending requests to shared state'));
+      ex.close(reason)
+        .catch((err: unknown) => ctx.log.warn({ err }, 'could not hand pending requests to shared state'))
+        .finally(() => open.closed());
     };
 
     call.on('data', (req: ProcessingRequest) => {
@@ -85,12 +118,13 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
     call.on('end', () => {
       // Envoy half-closed: answer what is queued, then close our side.
       void chain.then(() => {
-        finish();
+        finish('ended');
         call.end();
       });
     });
-    call.on('cancelled', finish);
-    call.on('error', finish);
+    // The queue still runs to the end, so every message read is answered or recorded before close.
+    call.on('cancelled', () => void chain.then(() => finish('cancelled')));
+    call.on('error', () => void chain.then(() => finish('cancelled')));
   };
 }
 
@@ -126,6 +160,8 @@ export interface ProcessorServer {
   readonly health: HealthImplementation;
   /** Stops accepting streams, lets in-flight ones finish for up to graceMs, then cancels the rest. */
   shutdown(graceMs: number): Promise<void>;
+  /** Resolves once every stream's exchange has closed (its audit records written). */
+  readonly streams: OpenStreams;
 }
 
 export async function startGrpcServer(
@@ -139,7 +175,8 @@ export async function startGrpcServer(
     'grpc.keepalive_timeout_ms': 20_000,
   });
   allowEnvoyStreamResets(server);
-  server.addService(loadExternalProcessor(), { Process: processHandler(ctx, options.handle) });
+  const streams = new OpenStreams();
+  server.addService(loadExternalProcessor(), { Process: processHandler(ctx, options.handle, streams) });
   const health = new HealthImplementation({ '': 'SERVING', [EXT_PROC_SERVICE]: 'SERVING' });
   health.addToServer(server);
 
@@ -153,6 +190,7 @@ export async function startGrpcServer(
   return {
     port,
     health,
+    streams,
     shutdown(graceMs) {
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(EXT_PROC_SERVICE, 'NOT_SERVING');

@@ -17,7 +17,14 @@ export interface AuthenticationInput {
   readonly spiffeId: string | undefined;
 }
 
-export async function authenticate(input: AuthenticationInput, verifier: TokenVerifier, revocations: Revocations): Promise<Caller> {
+export type RevocationCheckResult = 'passed' | 'revoked' | 'unavailable' | 'skipped';
+
+export async function authenticate(
+  input: AuthenticationInput,
+  verifier: TokenVerifier,
+  revocations: Revocations,
+  onRevocationCheck: (r: RevocationCheckResult) => void = () => undefined,
+): Promise<Caller> {
   const resourceMetadata = resourceMetadataUrl(input.server.resource);
   const scope = input.server.scopes.join(' ');
   const match = input.authorization === undefined ? null : BEARER.exec(input.authorization);
@@ -31,8 +38,17 @@ export async function authenticate(input: AuthenticationInput, verifier: TokenVe
   let caller: Caller;
   try {
     caller = await verifier.verify(match[1], input.server.resource, input.spiffeId);
-    await revocations.check(caller);
   } catch (err) {
+    if (err instanceof GatewayError && err.spec.httpStatus === 401) {
+      throw err.with({ challenge: { resourceMetadata, scope, error: 'invalid_token' } });
+    }
+    throw err;
+  }
+  try {
+    const check = await revocations.check(caller);
+    onRevocationCheck(check.checked ? 'passed' : 'skipped');
+  } catch (err) {
+    onRevocationCheck(err instanceof GatewayError && err.code === 'ERR_IDENTITY_REVOKED' ? 'revoked' : 'unavailable');
     if (err instanceof GatewayError && err.spec.httpStatus === 401) {
       throw err.with({ challenge: { resourceMetadata, scope, error: 'invalid_token' } });
     }

@@ -45,6 +45,8 @@ export interface TokenVerifierOptions {
   fetchTimeoutMs?: number;
   /** Verified tokens kept. Default 10000. */
   cacheMaxEntries?: number;
+  /** Told how each verification went (for metrics). */
+  onResult?: (result: 'cache_hit' | 'verified' | 'failed') => void;
 }
 
 /**
@@ -107,6 +109,7 @@ export class TokenVerifier {
   readonly #issuers = new Map<string, Issuer>();
   readonly #skewSeconds: number;
   readonly #now: () => number;
+  readonly #onResult: TokenVerifierOptions['onResult'];
   readonly #cache: LRUCache<string, CacheEntry>;
   /** Bumped by forget(), so a verification in flight during a revocation does not re-cache its result. */
   #generation = 0;
@@ -125,6 +128,7 @@ export class TokenVerifier {
     if (issuers.length === 0) throw new RangeError('at least one issuer is required');
     this.#skewSeconds = clockSkewSeconds;
     this.#now = now;
+    this.#onResult = options.onResult;
     this.#cache = new LRUCache({ max: cacheMaxEntries });
     for (const spec of issuers) {
       validateIssuer(spec);
@@ -139,6 +143,15 @@ export class TokenVerifier {
 
   /** Verifies a bearer token for a resource (audience) and maps it to a Caller. spiffeId comes from Envoy (mTLS), not the token. */
   async verify(token: string, audience: string, spiffeId?: string): Promise<Caller> {
+    try {
+      return await this.#verify(token, audience, spiffeId);
+    } catch (err) {
+      this.#onResult?.('failed');
+      throw err;
+    }
+  }
+
+  async #verify(token: string, audience: string, spiffeId?: string): Promise<Caller> {
     if (token.length > MAX_TOKEN_LENGTH) {
       throw invalid(`the bearer token is ${token.length} characters long; at most ${MAX_TOKEN_LENGTH} are accepted`);
     }
@@ -146,7 +159,10 @@ export class TokenVerifier {
     const cacheKey = JSON.stringify([createHash('sha256').update(token).digest('base64url'), audience, spiffeId ?? null]);
     const hit = this.#cache.get(cacheKey);
     if (hit !== undefined) {
-      if (this.#now() < hit.expiresAtMs) return hit.caller;
+      if (this.#now() < hit.expiresAtMs) {
+        this.#onResult?.('cache_hit');
+        return hit.caller;
+      }
       this.#cache.delete(cacheKey);
     }
 
@@ -172,6 +188,7 @@ export class TokenVerifier {
     const caller = toCaller(issuer.spec, payload, spiffeId);
     const expiresAtMs = caller.user.expiresAt * 1000;
     if (this.#now() < expiresAtMs && generation === this.#generation) this.#cache.set(cacheKey, { caller, expiresAtMs });
+    this.#onResult?.('verified');
     return caller;
   }
 
