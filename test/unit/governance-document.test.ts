@@ -60,6 +60,16 @@ describe('the README', () => {
     expect(doc.identity?.issuers.map((i) => i.name)).toEqual(['okta', 'entra']);
   });
 
+  it('shows an audit section that validates', async () => {
+    const { readFileSync } = await import('node:fs');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const example = /### Where records go\n\n```yaml\n([\s\S]*?)```/.exec(readme)?.[1];
+    expect(example).toBeDefined();
+    const doc = parse(`apiVersion: mcp-ext-proc/v1\nservers: [{ name: github }, { name: crm }]\n${example ?? ''}`);
+    expect(doc.audit.format).toBe('native');
+    expect(doc.audit.redactor.redact('crm', 'x', { a: 'b' })).not.toEqual({ a: 'b' });
+  });
+
   it('rejects a policy with an unknown field or a condition that does not parse, naming the rule', () => {
     const base = 'apiVersion: mcp-ext-proc/v1\nservers: [{ name: a }]\npolicy:\n  rules:\n';
     expect(problem(`${base}    - { id: r1, effect: allow, match: { toolz: [x] } }\n`)).toContain('unknown field "toolz"');
