@@ -72,6 +72,7 @@ export async function startService(settings: Settings, options: ServiceOptions =
   // The sink and its format are fixed at start (a reload cannot move the audit trail); redaction and
   // the user fields follow the document in force.
   const format = document.audit.format;
+  if (document.audit.sink.type === 'none') log.warn('audit.sink is none: no audit records are written');
   const sink = createAuditSink({
     format,
     sink: document.audit.sink,

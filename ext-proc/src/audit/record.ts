@@ -106,6 +106,7 @@ export interface ArgumentsSection {
 
 export type SinkSection =
   | { readonly type: 'stdout' }
+  | { readonly type: 'none' }
   | { readonly type: 'file'; readonly path: string; readonly maxBytes?: number; readonly maxFiles?: number };
 
 /** The governance document's `audit` section, as validated by audit.schema.json. */

@@ -355,6 +355,10 @@ function positiveInteger(value: number | undefined, fallback: number, name: stri
 }
 
 export function createAuditSink(options: AuditSinkOptions): AuditSink {
+  if (options.sink.type === 'none') {
+    // Nothing is written, so nothing is pending, written or dropped.
+    return { write: () => undefined, flush: () => Promise.resolve(), close: () => Promise.resolve(), stats: () => ({ written: 0, dropped: 0, pendingBytes: 0, pendingRecords: 0 }) };
+  }
   const format = formatterFor(options.format);
   const maxPending = positiveInteger(options.maxPendingBytes, DEFAULT_MAX_PENDING_BYTES, 'maxPendingBytes');
   const timeoutMs = positiveInteger(options.timeoutMs, DEFAULT_TIMEOUT_MS, 'timeoutMs');
