@@ -208,11 +208,24 @@ function agentName(r: PolicyRequest): string {
  * Missing optional strings are bound as "" (`user.email`, `agent.clientId`, `agent.spiffeId`), so
  * `user.email.endsWith("@example.com")` is simply false for a token without an e-mail.
  */
+/**
+ * A caller's `user` and `agent` values, converted once per Caller object. A steady client's Caller
+ * comes from the verified-token cache, so a list of a hundred tools — a hundred decisions — and every
+ * later request with the same token convert its claims once, not once per decision.
+ */
+const callerValues = new WeakMap<PolicyRequest['caller'], { user?: Map<string, CelInput> | string; agent?: Map<string, CelInput> }>();
+
 function lazyBindings(request: PolicyRequest, limits: ValueLimits): (vars: ReadonlySet<ConditionVariable>) => ConditionBindings | string {
   const empty = new Map<string, CelInput>();
-  let user: Map<string, CelInput> | string | undefined;
+  let cached = callerValues.get(request.caller);
+  if (cached === undefined) {
+    cached = {};
+    callerValues.set(request.caller, cached);
+  }
+  const values = cached;
+  let user: Map<string, CelInput> | string | undefined = values.user;
   let args: Map<string, CelInput> | string | undefined;
-  let agent: Map<string, CelInput> | undefined;
+  let agent: Map<string, CelInput> | undefined = values.agent;
 
   const convert = (f: () => Map<string, CelInput>): Map<string, CelInput> | string => {
     try {
@@ -238,6 +251,7 @@ function lazyBindings(request: PolicyRequest, limits: ValueLimits): (vars: Reado
             ['claims', toCelMap(u.claims, limits, 'token claims')],
           ]),
       );
+      values.user = user;
       if (typeof user === 'string') return user;
     }
     if (vars.has('arguments') && request.arguments !== undefined) {
@@ -251,6 +265,7 @@ function lazyBindings(request: PolicyRequest, limits: ValueLimits): (vars: Reado
       ['clientId', a.clientId ?? ''],
       ['spiffeId', a.spiffeId ?? ''],
     ]);
+    values.agent = agent;
     return {
       user: typeof user === 'object' ? user : empty,
       agent,
