@@ -5,7 +5,7 @@
 // Each side is judged by the same precedence (see judgeSide), over its own rules in document order.
 
 import type { CelInput } from '@bufbuild/cel';
-import type { ConditionBindings, ConditionVariable, StepBudget } from './cel.ts';
+import type { ConditionBindings, ConditionResult, ConditionVariable, StepBudget } from './cel.ts';
 import { unmatchedField, type CompiledRule } from './rule.ts';
 import type { CompiledPolicy, Decision, Explanation, PolicyRequest, RuleTrace } from './types.ts';
 import { toCelMap, ValueLimitError, type ValueLimits } from './values.ts';
@@ -104,8 +104,16 @@ function judgeSide(
         }
         assumed = true;
       } else {
-        const bindings = bindingsFor(condition.variables);
-        const result = typeof bindings === 'string' ? { ok: false as const, message: bindings } : condition.evaluate(bindings, budget);
+        // A condition on who is calling only (user, agent) has one answer per caller: a list of a
+        // hundred items, and every later request with the same token, evaluates it once.
+        const perCaller = onlyCaller(condition.variables);
+        const memo = perCaller ? callerValues.get(request.caller)?.conditions : undefined;
+        let result = memo?.get(rule);
+        if (result === undefined) {
+          const bindings = bindingsFor(condition.variables);
+          result = typeof bindings === 'string' ? { ok: false as const, message: bindings } : condition.evaluate(bindings, budget);
+          memo?.set(rule, result);
+        }
         if (!result.ok) {
           // Fail closed: a condition that cannot be evaluated denies, whatever the rule's effect.
           note(rule, `condition error: ${result.message}`);
@@ -213,13 +221,21 @@ function agentName(r: PolicyRequest): string {
  * comes from the verified-token cache, so a list of a hundred tools — a hundred decisions — and every
  * later request with the same token convert its claims once, not once per decision.
  */
-const callerValues = new WeakMap<PolicyRequest['caller'], { user?: Map<string, CelInput> | string; agent?: Map<string, CelInput> }>();
+const callerValues = new WeakMap<
+  PolicyRequest['caller'],
+  { user?: Map<string, CelInput> | string; agent?: Map<string, CelInput>; conditions: Map<CompiledRule, ConditionResult> }
+>();
+
+function onlyCaller(vars: ReadonlySet<ConditionVariable>): boolean {
+  for (const v of vars) if (v !== 'user' && v !== 'agent') return false;
+  return true;
+}
 
 function lazyBindings(request: PolicyRequest, limits: ValueLimits): (vars: ReadonlySet<ConditionVariable>) => ConditionBindings | string {
   const empty = new Map<string, CelInput>();
   let cached = callerValues.get(request.caller);
   if (cached === undefined) {
-    cached = {};
+    cached = { conditions: new Map() };
     callerValues.set(request.caller, cached);
   }
   const values = cached;
