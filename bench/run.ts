@@ -4,32 +4,43 @@
 // as SSE), all through a real Envoy (--concurrency 1) and a real MCP server from the SDK:
 //   direct        Envoy without the ext_proc filter
 //   no-op         Envoy + bench/noop-ext-proc.ts (grpc-js, same protos, same message flow, no work)
-//   mcp-ext-proc  Envoy + the real processor (ext-proc/src/cli.ts)
+//   mcp-ext-proc  Envoy + the real processor (ext-proc/src/cli.ts), anonymous pass-through document
+// and the governed workloads (tools/list of 100 tools filtered to 40, and an allowed tools/call, both as
+// JSON, with the same user token on every request) on three setups of their own:
+//   direct, no-op as above (the token simply reaches the upstream)
+//   governed      Envoy + the real processor with bench/governed.ts's document: JWT identity from a test
+//                 IdP started here (test/support/idp.ts), a policy of about 50 rules
 // Load comes from vegeta (open loop). The processors, the upstream and each Envoy are separate processes;
 // CPU per request is read from /proc before and after each measured attack.
 //
 // Steps: preflight (one request per setup and workload) → warm-up → find the highest rate mcp-ext-proc
-// sustains per workload → measure all setups at half of it, then at a low fixed rate, interleaved over
-// several rounds (medians reported) → table on stdout, JSON in bench/results/latest.json.
+// sustains per anonymous workload → measure all setups at half of it, then at a low fixed rate,
+// interleaved over several rounds (medians reported) → the governed workloads at the JSON workload's
+// rate (the list lower if the governed setup does not sustain twice that) and the low rate, fewer rounds
+// → table on stdout, JSON in bench/results/latest.json.
 //
 // Environment: BENCH_SECONDS (per measured attack, default 6), BENCH_ROUNDS (default 5), BENCH_RATE
 // (skip the search and measure at this rate), BENCH_LOW_RATE (default 100, 0 = skip), BENCH_LOW_SECONDS
-// (default 3), BENCH_LOW_ROUNDS (default 3), BENCH_KEEP_LOGS=1 (keep the scratch directory: process logs,
-// vegeta results).
+// (default 3), BENCH_LOW_ROUNDS (default 3), BENCH_GOV_SECONDS (default 4), BENCH_GOV_ROUNDS (default 3,
+// 0 = skip the governed workloads), BENCH_KEEP_LOGS=1 (keep the scratch directory: process logs, vegeta
+// results, the governed document).
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { startEnvoy } from '../test/support/envoy.ts';
-import type { EnvoyInstance } from '../test/support/envoy.ts';
+import type { EnvoyInstance, EnvoyUpstream } from '../test/support/envoy.ts';
+import { startIdp } from '../test/support/idp.ts';
+import type { Idp } from '../test/support/idp.ts';
 import { envoyBinary } from '../test/support/tools.ts';
 import { attack, ensureVegeta, percentile } from './load.ts';
 import type { AttackResult, Target } from './load.ts';
-import { JSON_PATH, JSON_PREFIX, SSE_PATH, SSE_PREFIX, TOOL_NAME } from './mcp-upstream.ts';
+import { GOV_CALL, GOV_CLIENT, GOV_RESOURCE, GOV_RULES, GOV_SCOPE, GOV_SERVER, GOV_USER, GOV_USERS, GOV_VISIBLE_TO_ALICE, governedDocument } from './governed.ts';
+import { GOV_PATH, GOV_PREFIX, GOV_TOOLS, JSON_PATH, JSON_PREFIX, SSE_PATH, SSE_PREFIX, TOOL_NAME } from './mcp-upstream.ts';
 import { cpuMicros, findPid, portLine, startProcess, waitForLine } from './procs.ts';
 import type { BenchProcess } from './procs.ts';
 
@@ -54,20 +65,23 @@ const settings = {
   lowRate: envNumber('BENCH_LOW_RATE', 100, 0),
   lowSeconds: envNumber('BENCH_LOW_SECONDS', 3, 1),
   lowRounds: Math.round(envNumber('BENCH_LOW_ROUNDS', 3, 1)),
+  govSeconds: envNumber('BENCH_GOV_SECONDS', 4, 1),
+  govRounds: Math.round(envNumber('BENCH_GOV_ROUNDS', 3, 0)),
   warmupSeconds: 2,
   warmupRate: 300,
+  governedWarmupRate: 100,
   search: { startRate: 200, factor: 1.35, maxRate: 12_000, seconds: 3, maxP99Ms: 100, minSuccess: 0.99, minSentRatio: 0.95 },
   envoyConcurrency: 1,
   protocolVersion: '2025-11-25',
 };
 
-const TARGETS = { cpuRatio: 1.3, addedP99Ms: 2 };
+const TARGETS = { cpuRatio: 1.3, governedCpuRatio: 2.0, addedP99Ms: 2 };
 
 // ---------------------------------------------------------------------------------------------
 // Setups and workloads
 
-type SetupId = 'direct' | 'noop' | 'mcp-ext-proc';
-type WorkloadId = 'json' | 'sse';
+type SetupId = 'direct' | 'noop' | 'mcp-ext-proc' | 'governed';
+type WorkloadId = 'json' | 'sse' | 'gov-list' | 'gov-call';
 
 interface Setup {
   readonly id: SetupId;
@@ -81,12 +95,13 @@ interface Workload {
   readonly id: WorkloadId;
   readonly label: string;
   readonly path: string;
+  readonly body: string;
+  /** Governed: the same bearer token on every request, and the governed processor instead of mcp-ext-proc. */
+  readonly governed: boolean;
+  /** The real processor's setup this workload measures, next to direct and no-op. */
+  readonly processor: 'mcp-ext-proc' | 'governed';
+  readonly contentType: 'application/json' | 'text/event-stream';
 }
-
-const WORKLOADS: readonly Workload[] = [
-  { id: 'json', label: 'tools/call, response application/json', path: JSON_PATH },
-  { id: 'sse', label: 'tools/call, response text/event-stream', path: SSE_PATH },
-];
 
 const REQUEST_BODY = JSON.stringify({
   jsonrpc: '2.0',
@@ -94,6 +109,35 @@ const REQUEST_BODY = JSON.stringify({
   method: 'tools/call',
   params: { name: TOOL_NAME, arguments: { text: 'hello from the benchmark' } },
 });
+
+const GOV_LIST_BODY = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list', params: {} });
+const GOV_CALL_BODY = JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/call', params: GOV_CALL });
+
+const WORKLOADS: readonly Workload[] = [
+  { id: 'json', label: 'tools/call, response application/json', path: JSON_PATH, body: REQUEST_BODY, governed: false, processor: 'mcp-ext-proc', contentType: 'application/json' },
+  { id: 'sse', label: 'tools/call, response text/event-stream', path: SSE_PATH, body: REQUEST_BODY, governed: false, processor: 'mcp-ext-proc', contentType: 'text/event-stream' },
+  {
+    id: 'gov-list',
+    label: `governed tools/list, ${GOV_TOOLS.length} tools filtered to ${GOV_VISIBLE_TO_ALICE.length}, response application/json`,
+    path: GOV_PATH,
+    body: GOV_LIST_BODY,
+    governed: true,
+    processor: 'governed',
+    contentType: 'application/json',
+  },
+  {
+    id: 'gov-call',
+    label: `governed tools/call ${GOV_CALL.name} (allowed by rule ${GOV_RULES.findIndex((r) => r.id === 'gov-analysts-read') + 1} of ${GOV_RULES.length}), response application/json`,
+    path: GOV_PATH,
+    body: GOV_CALL_BODY,
+    governed: true,
+    processor: 'governed',
+    contentType: 'application/json',
+  },
+];
+
+/** The user's access token every governed request carries (set once the IdP has issued it). */
+let bearerToken = '';
 
 function targetFor(setup: Setup, workload: Workload): Target {
   return {
@@ -104,9 +148,15 @@ function targetFor(setup: Setup, workload: Workload): Target {
       'content-type': 'application/json',
       accept: 'application/json, text/event-stream',
       'mcp-protocol-version': settings.protocolVersion,
+      ...(workload.governed ? { authorization: `Bearer ${bearerToken}` } : {}),
     },
-    body: REQUEST_BODY,
+    body: workload.body,
   };
+}
+
+/** The setups a workload runs on: direct, no-op and its real processor. */
+function setupsFor(setups: readonly Setup[], workload: Workload): Setup[] {
+  return setups.filter((s) => s.id === 'direct' || s.id === 'noop' || s.id === workload.processor);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +209,7 @@ function median(values: readonly number[]): number {
 }
 
 let upstream: BenchProcess | undefined;
+let idp: Idp | undefined;
 let scratch = '';
 
 async function measure(setup: Setup, workload: Workload, rate: number, seconds: number, opts: { maxWorkers?: number; timeoutSeconds?: number } = {}): Promise<Sample> {
@@ -241,29 +292,33 @@ const SETUP_LABEL: Record<SetupId, string> = {
   direct: 'envoy direct (no ext_proc)',
   noop: 'envoy + no-op ext_proc',
   'mcp-ext-proc': 'envoy + mcp-ext-proc',
+  governed: 'envoy + mcp-ext-proc governed',
 };
 
 interface Comparison {
   readonly workload: WorkloadId;
   readonly rate: number;
-  /** Median over rounds of (mcp-ext-proc CPU/request ÷ no-op CPU/request), paired by round. */
+  /** The real processor's setup: mcp-ext-proc or governed. */
+  readonly processor: SetupId;
+  /** Median over rounds of (processor CPU/request ÷ no-op CPU/request), paired by round. */
   readonly cpuRatio: number;
-  /** Median over rounds of (p99 mcp-ext-proc − p99 direct), paired by round. */
+  /** Median over rounds of (p99 processor − p99 direct), paired by round. */
   readonly addedP99Ms: number;
   readonly addedP99OverNoopMs: number;
   readonly addedP50Ms: number;
 }
 
-function compare(cells: readonly Cell[], workload: WorkloadId, rate: number): Comparison | undefined {
-  const find = (setup: SetupId): Cell | undefined => cells.find((c) => c.workload === workload && c.setup === setup && c.rate === rate);
+function compare(cells: readonly Cell[], workload: Workload, rate: number): Comparison | undefined {
+  const find = (setup: SetupId): Cell | undefined => cells.find((c) => c.workload === workload.id && c.setup === setup && c.rate === rate);
   const direct = find('direct');
   const noop = find('noop');
-  const real = find('mcp-ext-proc');
+  const real = find(workload.processor);
   if (direct === undefined || noop === undefined || real === undefined) return undefined;
   const paired = (f: (i: number) => number): number => median(real.samples.map((_, i) => f(i)));
   return {
-    workload,
+    workload: workload.id,
     rate,
+    processor: workload.processor,
     cpuRatio: paired((i) => (real.samples[i]?.processorCpuUs ?? Number.NaN) / (noop.samples[i]?.processorCpuUs ?? Number.NaN)),
     addedP99Ms: paired((i) => (real.samples[i]?.attack.p99Ms ?? Number.NaN) - (direct.samples[i]?.attack.p99Ms ?? Number.NaN)),
     addedP99OverNoopMs: paired((i) => (real.samples[i]?.attack.p99Ms ?? Number.NaN) - (noop.samples[i]?.attack.p99Ms ?? Number.NaN)),
@@ -289,9 +344,11 @@ function report(title: string, summaries: readonly Summary[], comparison: Compar
   }
   if (comparison !== undefined) {
     const mark = (ok: boolean): string => (ok ? 'ok' : 'OVER TARGET');
+    const name = comparison.processor === 'governed' ? 'mcp-ext-proc governed' : 'mcp-ext-proc';
+    const cpuTarget = comparison.processor === 'governed' ? TARGETS.governedCpuRatio : TARGETS.cpuRatio;
     out.push(
-      `  processor CPU/request, mcp-ext-proc ÷ no-op: ${comparison.cpuRatio.toFixed(2)}  (target ≤ ${TARGETS.cpuRatio}: ${mark(comparison.cpuRatio <= TARGETS.cpuRatio)})`,
-      `  added p99, mcp-ext-proc − direct: ${comparison.addedP99Ms.toFixed(2)} ms  (target ≤ ${TARGETS.addedP99Ms} ms: ${mark(comparison.addedP99Ms <= TARGETS.addedP99Ms)});` +
+      `  processor CPU/request, ${name} ÷ no-op: ${comparison.cpuRatio.toFixed(2)}  (target ≤ ${cpuTarget}: ${mark(comparison.cpuRatio <= cpuTarget)})`,
+      `  added p99, ${name} − direct: ${comparison.addedP99Ms.toFixed(2)} ms  (target ≤ ${TARGETS.addedP99Ms} ms: ${mark(comparison.addedP99Ms <= TARGETS.addedP99Ms)});` +
         ` over no-op: ${comparison.addedP99OverNoopMs.toFixed(2)} ms; added p50 over direct: ${comparison.addedP50Ms.toFixed(2)} ms`,
     );
   }
@@ -315,15 +372,15 @@ async function startNoop(): Promise<{ proc: BenchProcess; port: number }> {
   return { proc, port: await waitForLine(proc, proc.stdoutPath, portLine) };
 }
 
-async function startRealProcessor(): Promise<{ proc: BenchProcess; port: number }> {
+async function startRealProcessor(name: string, configPath: string): Promise<{ proc: BenchProcess; port: number }> {
   const args = [
     path.join(repoRoot, 'ext-proc', 'src', 'cli.ts'),
-    '--config', path.join(repoRoot, 'bench', 'governance.yaml'),
+    '--config', configPath,
     '--grpc-port', '0',
     '--admin-port', '0',
     '--listen-address', '127.0.0.1',
   ];
-  const proc = startProcess('mcp-ext-proc', process.execPath, args, scratch);
+  const proc = startProcess(name, process.execPath, args, scratch);
   // Its operational log (stderr, pino JSON) announces the bound ports.
   const port = await waitForLine(proc, proc.stderrPath, (line) => {
     if (!line.includes('mcp-ext-proc ready')) return undefined;
@@ -334,12 +391,19 @@ async function startRealProcessor(): Promise<{ proc: BenchProcess; port: number 
   return { proc, port };
 }
 
-async function startSetup(id: SetupId, upstreamPort: number, processor: { proc: BenchProcess; port: number } | undefined): Promise<Setup> {
+/** Validates a governance document with the CLI's own check-config; throws with its message if it fails. */
+function checkConfig(file: string): void {
+  try {
+    execFileSync(process.execPath, [path.join(repoRoot, 'ext-proc', 'src', 'cli.ts'), 'check-config', file], { encoding: 'utf8', stdio: 'pipe' });
+  } catch (err) {
+    const out = typeof err === 'object' && err !== null ? `${String(Reflect.get(err, 'stdout'))}${String(Reflect.get(err, 'stderr'))}` : String(err);
+    throw new Error(`check-config ${file} failed:\n${out}`, { cause: err });
+  }
+}
+
+async function startSetup(id: SetupId, upstreams: EnvoyUpstream[], processor: { proc: BenchProcess; port: number } | undefined): Promise<Setup> {
   const envoy = await startEnvoy({
-    upstreams: [
-      { name: 'bench-json', port: upstreamPort, prefixes: [JSON_PREFIX] },
-      { name: 'bench-sse', port: upstreamPort, prefixes: [SSE_PREFIX] },
-    ],
+    upstreams,
     processor: processor === undefined ? null : { port: processor.port },
     concurrency: settings.envoyConcurrency,
     logLevel: 'warning',
@@ -367,12 +431,36 @@ async function preflight(setup: Setup, workload: Workload): Promise<void> {
   const target = targetFor(setup, workload);
   const res = await fetch(target.url, { method: 'POST', headers: target.headers, body: target.body, signal: AbortSignal.timeout(5000) });
   const text = await res.text();
-  if (res.status !== 200 || !text.includes('"result"')) {
-    throw new Error(`preflight ${setup.id}/${workload.id}: ${res.status} ${text.slice(0, 500)}\n${setup.processor?.tail() ?? ''}`);
-  }
+  const fail = (why: string): Error => new Error(`preflight ${setup.id}/${workload.id}: ${why}: ${res.status} ${text.slice(0, 500)}\n${setup.processor?.tail() ?? ''}`);
+  if (res.status !== 200 || !text.includes('"result"')) throw fail('no result');
   const type = res.headers.get('content-type') ?? '';
-  const want = workload.id === 'json' ? 'application/json' : 'text/event-stream';
-  if (!type.startsWith(want)) throw new Error(`preflight ${setup.id}/${workload.id}: content-type ${type}, expected ${want}`);
+  if (!type.startsWith(workload.contentType)) throw new Error(`preflight ${setup.id}/${workload.id}: content-type ${type}, expected ${workload.contentType}`);
+  if (workload.governed) checkGoverned(setup, workload, text, fail);
+}
+
+/**
+ * The governed workloads must do what they claim: the list holds all 100 tools without the policy and
+ * exactly alice's 40 through the governed processor; the call's result is the tool's, not an error.
+ */
+function checkGoverned(setup: Setup, workload: Workload, text: string, fail: (why: string) => Error): void {
+  const parsed: unknown = JSON.parse(text);
+  const result: unknown = typeof parsed === 'object' && parsed !== null ? Reflect.get(parsed, 'result') : undefined;
+  if (typeof result !== 'object' || result === null) throw fail('no result object');
+  if (workload.id === 'gov-list') {
+    const tools: unknown = Reflect.get(result, 'tools');
+    if (!Array.isArray(tools)) throw fail('no tools array');
+    const names = tools.map((t: unknown) => (typeof t === 'object' && t !== null ? String(Reflect.get(t, 'name')) : '?')).sort();
+    const want = (setup.id === 'governed' ? [...GOV_VISIBLE_TO_ALICE] : GOV_TOOLS.map((t) => t.name)).sort();
+    if (names.join(',') !== want.join(',')) {
+      throw fail(`tools/list returned ${names.length} tools, expected ${want.length}; unexpected: ${names.filter((n) => !want.includes(n)).join(' ') || '-'}; missing: ${want.filter((n) => !names.includes(n)).join(' ') || '-'}`);
+    }
+    log(`  preflight ${setup.id}/${workload.id}: ${names.length} of ${GOV_TOOLS.length} tools listed`);
+  } else {
+    const content: unknown = Reflect.get(result, 'content');
+    const first: unknown = Array.isArray(content) ? content[0] : undefined;
+    const body: unknown = typeof first === 'object' && first !== null ? Reflect.get(first, 'text') : undefined;
+    if (Reflect.get(result, 'isError') === true || typeof body !== 'string' || !body.includes(`"tool":"${GOV_CALL.name}"`)) throw fail('the call did not return the tool\'s answer');
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,18 +524,67 @@ async function search(setup: Setup, workload: Workload): Promise<SearchResult> {
   return { workload: workload.id, steps, sustainedRate: sustained, failedRate: failed };
 }
 
+/**
+ * The governed list's rate (the heaviest workload: 100 tools from the upstream, ~55 kB, filtered): like
+ * the anonymous workloads, at most half of what the governed setup sustains. Starting from the JSON
+ * workload's rate, a short probe at twice the candidate must pass the search's criteria (a marginal
+ * failure counts when it repeats); else the candidate steps down by the search's factor, not below
+ * `floor`. Overloaded steps fail requests on purpose (Envoy's message timeout, 504): their windows are
+ * returned so that the report can tell those 5xx apart.
+ */
+async function governedRate(
+  setup: Setup,
+  workload: Workload,
+  start: number,
+  floor: number,
+): Promise<{ rate: number; probes: SearchStep[]; windows: (readonly [number, number])[] }> {
+  const s = settings.search;
+  const probes: SearchStep[] = [];
+  const windows: (readonly [number, number])[] = [];
+  let retried = false;
+  for (let rate = start; ; ) {
+    const probeRate = 2 * rate;
+    const sample = await measure(setup, workload, probeRate, s.seconds, { maxWorkers: 2000, timeoutSeconds: 5 });
+    const a = sample.attack;
+    windows.push(sample.window);
+    const why: string[] = [];
+    if (a.success < s.minSuccess) why.push(`success ${fmt.pct(a.success)}`);
+    if (a.p99Ms > s.maxP99Ms) why.push(`p99 ${fmt.ms(a.p99Ms)} ms`);
+    if (a.sentRate < s.minSentRatio * probeRate) why.push(`vegeta sent only ${a.sentRate.toFixed(0)} rps`);
+    const pass = why.length === 0;
+    probes.push({ rate: probeRate, pass, why, success: a.success, sentRate: a.sentRate, p50Ms: a.p50Ms, p99Ms: a.p99Ms, p999Ms: a.p999Ms });
+    // Clearly overloaded (p99 over twice the limit, or failures): no second try, step down at once.
+    const marginal = a.success >= s.minSuccess && a.p99Ms <= 2 * s.maxP99Ms;
+    log(
+      `  probe ${workload.id} ${setup.id} @ ${probeRate} rps (for ${rate}): success ${fmt.pct(a.success)}, p50 ${fmt.ms(a.p50Ms)} ms, ` +
+        `p99 ${fmt.ms(a.p99Ms)} ms → ${pass ? 'ok' : `failed (${why.join(', ')})`}`,
+    );
+    await sleep(pass ? 500 : 2000);
+    if (pass) return { rate, probes, windows };
+    if (!retried && marginal) {
+      retried = true;
+      continue;
+    }
+    retried = false;
+    const next = Math.max(1, Math.round(rate / s.factor));
+    if (next <= floor || next === rate) return { rate: Math.max(1, floor, next), probes, windows };
+    rate = next;
+  }
+}
+
 function rotate<T>(items: readonly T[], by: number): T[] {
   const k = by % items.length;
   return [...items.slice(k), ...items.slice(0, k)];
 }
 
-async function measureAll(setups: readonly Setup[], rates: Record<WorkloadId, number>, seconds: number, rounds: number, cells: Cell[]): Promise<void> {
+async function measureAll(setups: readonly Setup[], workloads: readonly Workload[], rates: Partial<Record<WorkloadId, number>>, seconds: number, rounds: number, cells: Cell[]): Promise<void> {
   for (let round = 0; round < rounds; round++) {
     // Interleaved: every round runs every setup, in a rotated order, so slow drifts of a shared, noisy
     // machine hit all setups alike; medians over rounds drop the outliers.
-    for (const workload of rotate(WORKLOADS, round)) {
-      for (const setup of rotate(setups, round)) {
+    for (const workload of rotate(workloads, round)) {
+      for (const setup of rotate(setupsFor(setups, workload), round)) {
         const rate = rates[workload.id];
+        if (rate === undefined) continue;
         let cell = cells.find((c) => c.workload === workload.id && c.setup === setup.id && c.rate === rate);
         if (cell === undefined) {
           cell = { workload: workload.id, setup: setup.id, rate, samples: [] };
@@ -509,20 +646,26 @@ async function envoyCounters(setup: Setup): Promise<Record<string, number>> {
 }
 
 /** Envoy's own account of the 5xx it returned: response_code_details (e.g. ext_proc_error_gRPC_error_13). */
-async function envoy5xx(setup: Setup): Promise<{ count: number; byDetails: Record<string, number>; examples: Record<string, unknown>[] }> {
+async function envoy5xx(
+  setup: Setup,
+  probeWindows: readonly (readonly [number, number])[],
+): Promise<{ count: number; inProbes: number; byDetails: Record<string, number>; examples: Record<string, unknown>[] }> {
   const entries = await setup.envoy.accessLog();
   const byDetails: Record<string, number> = {};
   const examples: Record<string, unknown>[] = [];
   let count = 0;
+  let inProbes = 0;
   for (const e of entries) {
     const code = Number(e['response_code']);
     if (!(code >= 500)) continue;
     count++;
+    const at = Date.parse(String(e['start_time']));
+    if (probeWindows.some(([from, to]) => at >= from && at <= to)) inProbes++;
     const details = `${code} ${String(e['response_code_details'])}`;
     byDetails[details] = (byDetails[details] ?? 0) + 1;
     if (examples.length < 3) examples.push(e);
   }
-  return { count, byDetails, examples };
+  return { count, inProbes, byDetails, examples };
 }
 
 const PHASES = [
@@ -621,7 +764,7 @@ async function main(): Promise<void> {
   const setups: Setup[] = [];
   const stopAll = async (): Promise<void> => {
     await Promise.allSettled(setups.map((s) => s.envoy.stop()));
-    await Promise.allSettled([upstream?.stop(), ...setups.map((s) => s.processor?.stop())]);
+    await Promise.allSettled([upstream?.stop(), idp?.stop(), ...setups.map((s) => s.processor?.stop())]);
   };
   process.once('SIGINT', () => void stopAll().finally(() => process.exit(130)));
   process.once('SIGTERM', () => void stopAll().finally(() => process.exit(143)));
@@ -629,31 +772,62 @@ async function main(): Promise<void> {
   try {
     const up = await startUpstream();
     upstream = up.proc;
-    const [noop, real] = await Promise.all([startNoop(), startRealProcessor()]);
-    setups.push(await startSetup('direct', up.port, undefined));
-    setups.push(await startSetup('noop', up.port, noop));
-    setups.push(await startSetup('mcp-ext-proc', up.port, real));
+    const governedOn = settings.govRounds > 0;
+    const workloads = WORKLOADS.filter((w) => governedOn || !w.governed);
+    const anonymous = workloads.filter((w) => !w.governed);
+    const governedWorkloads = workloads.filter((w) => w.governed);
+
+    // The governed processor: a document naming the test IdP (in this process; the processor fetches
+    // its discovery document and keys once, then verifies the same token from its cache).
+    let governed: { proc: BenchProcess; port: number } | undefined;
+    if (governedOn) {
+      idp = await startIdp({ users: GOV_USERS, tokenTtlSeconds: 3600 });
+      const docPath = path.join(scratch, 'governance-governed.yaml');
+      writeFileSync(docPath, governedDocument(idp.issuer));
+      checkConfig(docPath);
+      // One token for the whole run (an hour: longer than the bench), so the verified-token cache is warm.
+      bearerToken = await idp.userToken({ user: GOV_USER, client: GOV_CLIENT, resource: GOV_RESOURCE, scope: GOV_SCOPE, ttlSeconds: 3600 });
+      log(`test IdP ${idp.issuer}; governed document ${docPath}: ${GOV_RULES.length} rules, check-config ok`);
+    }
+    const [noop, real] = await Promise.all([startNoop(), startRealProcessor('mcp-ext-proc', path.join(repoRoot, 'bench', 'governance.yaml'))]);
+    if (governedOn) governed = await startRealProcessor('mcp-ext-proc-governed', path.join(scratch, 'governance-governed.yaml'));
+    const anonUpstreams: EnvoyUpstream[] = [
+      { name: 'bench-json', port: up.port, prefixes: [JSON_PREFIX] },
+      { name: 'bench-sse', port: up.port, prefixes: [SSE_PREFIX] },
+    ];
+    const govUpstreams: EnvoyUpstream[] = governedOn ? [{ name: GOV_SERVER, port: up.port, prefixes: [GOV_PREFIX] }] : [];
+    setups.push(await startSetup('direct', [...anonUpstreams, ...govUpstreams], undefined));
+    setups.push(await startSetup('noop', [...anonUpstreams, ...govUpstreams], noop));
+    setups.push(await startSetup('mcp-ext-proc', anonUpstreams, real));
+    if (governed !== undefined) setups.push(await startSetup('governed', govUpstreams, governed));
     const realSetup = setups[2];
     if (realSetup === undefined) throw new Error('unreachable');
-    log(`upstream :${up.port}, no-op ext_proc :${noop.port}, mcp-ext-proc :${real.port}, Envoys ${setups.map((s) => `${s.id} :${s.envoy.port}`).join(', ')}`);
+    log(
+      `upstream :${up.port}, no-op ext_proc :${noop.port}, mcp-ext-proc :${real.port}` +
+        `${governed === undefined ? '' : `, mcp-ext-proc governed :${governed.port}`}, Envoys ${setups.map((s) => `${s.id} :${s.envoy.port}`).join(', ')}`,
+    );
 
-    for (const setup of setups) for (const workload of WORKLOADS) await preflight(setup, workload);
-    log('preflight ok: every setup answers tools/call with a result, as JSON and as SSE');
+    for (const workload of workloads) for (const setup of setupsFor(setups, workload)) await preflight(setup, workload);
+    log(`preflight ok: every setup answers tools/call with a result, as JSON and as SSE${governedOn ? `; the governed list holds alice's ${GOV_VISIBLE_TO_ALICE.length} tools and her call succeeds` : ''}`);
 
-    log(`warm-up: ${settings.warmupSeconds} s at ${settings.warmupRate} rps per setup and workload`);
-    for (const setup of setups) for (const workload of WORKLOADS) await measure(setup, workload, settings.warmupRate, settings.warmupSeconds);
+    // The governed list is far heavier (100 tools, ~55 kB, filtered): warming it up at the anonymous
+    // workloads' rate overloads the governed processor (Envoy's message timeout, 504), so it warms up slower.
+    const govWarmupRate = Math.min(settings.warmupRate, settings.governedWarmupRate);
+    const warmupRate = (w: Workload): number => (w.governed ? govWarmupRate : settings.warmupRate);
+    log(`warm-up: ${settings.warmupSeconds} s at ${settings.warmupRate} rps per setup and workload${governedOn ? ` (governed workloads: ${govWarmupRate} rps)` : ''}`);
+    for (const workload of workloads) for (const setup of setupsFor(setups, workload)) await measure(setup, workload, warmupRate(workload), settings.warmupSeconds);
     const idle = await idleCpu(setups);
     const countersBefore = await Promise.all(setups.map(envoyCounters));
 
     const searches: SearchResult[] = [];
-    let rates: Record<WorkloadId, number>;
+    let rates: Record<'json' | 'sse', number>;
     if (settings.fixedRate !== undefined) {
       rates = { json: settings.fixedRate, sse: settings.fixedRate };
       log(`BENCH_RATE=${settings.fixedRate}: no saturation search`);
     } else {
       const s = settings.search;
       log(`saturation search on mcp-ext-proc: ${s.seconds} s steps from ${s.startRate} rps ×${s.factor} until success < ${fmt.pct(s.minSuccess)}, p99 > ${s.maxP99Ms} ms or vegeta cannot keep the rate`);
-      for (const workload of WORKLOADS) searches.push(await search(realSetup, workload));
+      for (const workload of anonymous) searches.push(await search(realSetup, workload));
       // Nothing sustained, not even the first step: measure at half of that step all the same.
       const half = (w: WorkloadId): number => Math.max(1, Math.round((searches.find((r) => r.workload === w)?.sustainedRate || s.startRate) / 2));
       rates = { json: half('json'), sse: half('sse') };
@@ -661,50 +835,92 @@ async function main(): Promise<void> {
 
     const cells: Cell[] = [];
     log(`measuring at ${rates.json} rps (JSON) and ${rates.sse} rps (SSE): ${settings.rounds} rounds × ${settings.seconds} s, setups interleaved`);
-    await measureAll(setups, rates, settings.seconds, settings.rounds, cells);
+    await measureAll(setups, anonymous, rates, settings.seconds, settings.rounds, cells);
     const lowRates = { json: settings.lowRate, sse: settings.lowRate };
     const lowDistinct = settings.lowRate > 0 && settings.lowRate !== rates.json && settings.lowRate !== rates.sse;
     if (lowDistinct) {
       log(`measuring at a low fixed rate, ${settings.lowRate} rps: ${settings.lowRounds} rounds × ${settings.lowSeconds} s`);
-      await measureAll(setups, lowRates, settings.lowSeconds, settings.lowRounds, cells);
+      await measureAll(setups, anonymous, lowRates, settings.lowSeconds, settings.lowRounds, cells);
+    }
+    // Envoy's counters between the anonymous and the governed part, to count ext_proc messages per part.
+    const countersMid = await Promise.all(setups.map(envoyCounters));
+    // The governed workloads: the call at the JSON workload's measured rate, the list there too unless the
+    // governed setup does not sustain twice that (see governedRate); then both at the low rate. No search.
+    const govSetup = setups.find((x) => x.id === 'governed');
+    const govList = governedWorkloads.find((w) => w.id === 'gov-list');
+    const govProbe = govSetup !== undefined && govList !== undefined ? await governedRate(govSetup, govList, rates.json, settings.lowRate) : undefined;
+    const govListRate = govProbe?.rate ?? rates.json;
+    const govRates: Partial<Record<WorkloadId, number>> = { 'gov-list': govListRate, 'gov-call': rates.json };
+    const govRateName = (w: WorkloadId): string =>
+      w === 'gov-list' && govListRate !== rates.json
+        ? `stepped down from the JSON workload's ${rates.json} rps: the governed setup does not sustain twice that for this list (probes in the JSON)`
+        : 'the JSON workload\'s rate';
+    // A workload whose main rate is within 20 % of the low rate is not measured at the low rate again.
+    const near = (rate: number | undefined): boolean => rate !== undefined && rate <= settings.lowRate * 1.2 && rate >= settings.lowRate / 1.2;
+    const govLowRates: Partial<Record<WorkloadId, number>> = {};
+    if (settings.lowRate > 0) for (const w of governedWorkloads) if (!near(govRates[w.id])) govLowRates[w.id] = settings.lowRate;
+    if (governedOn) {
+      log(`governed workloads: list at ${govListRate} rps, call at ${rates.json} rps: ${settings.govRounds} rounds × ${settings.govSeconds} s, setups interleaved`);
+      await measureAll(setups, governedWorkloads, govRates, settings.govSeconds, settings.govRounds, cells);
+      if (Object.keys(govLowRates).length > 0) {
+        log(`governed workloads (${Object.keys(govLowRates).join(', ')}) at ${settings.lowRate} rps: ${settings.lowRounds} rounds × ${settings.lowSeconds} s`);
+        await measureAll(setups, governedWorkloads, govLowRates, settings.lowSeconds, settings.lowRounds, cells);
+      }
     }
 
     const countersAfter = await Promise.all(setups.map(envoyCounters));
-    const envoyStats = Object.fromEntries(
-      setups.map((s, i) => {
-        const b = countersBefore[i] ?? {};
-        const a = countersAfter[i] ?? {};
-        return [s.id, Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - (b[k] ?? 0)]))];
-      }),
-    );
+    const counterDelta = (from: Record<string, number>[], to: Record<string, number>[]): Record<string, Record<string, number>> =>
+      Object.fromEntries(
+        setups.map((s, i) => {
+          const b = from[i] ?? {};
+          const a = to[i] ?? {};
+          return [s.id, Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - (b[k] ?? 0)]))];
+        }),
+      );
+    const envoyStats = counterDelta(countersBefore, countersAfter);
+    const envoyStatsAnonymous = counterDelta(countersBefore, countersMid);
+    const envoyStatsGoverned = counterDelta(countersMid, countersAfter);
     const phases = (await Promise.all(setups.filter((s) => s.processor !== undefined).map((s) => phaseLatencies(s, cells)))).flat();
-    const envoyErrors = Object.fromEntries(await Promise.all(setups.map(async (s) => [s.id, await envoy5xx(s)] as const)));
-    const procLogs = { noop: await processorLogProblems(noop.proc), 'mcp-ext-proc': await processorLogProblems(real.proc) };
-    const alive = { upstream: !up.proc.hasExited(), noop: !noop.proc.hasExited(), 'mcp-ext-proc': !real.proc.hasExited() };
+    const probeWindows = govProbe?.windows ?? [];
+    const envoyErrors = Object.fromEntries(await Promise.all(setups.map(async (s) => [s.id, await envoy5xx(s, s.id === 'governed' ? probeWindows : [])] as const)));
+    const procLogs: Record<string, { errors: number; warnings: number; examples: string[] }> = {
+      noop: await processorLogProblems(noop.proc),
+      'mcp-ext-proc': await processorLogProblems(real.proc),
+    };
+    const alive: Record<string, boolean> = { upstream: !up.proc.hasExited(), noop: !noop.proc.hasExited(), 'mcp-ext-proc': !real.proc.hasExited() };
+    if (governed !== undefined) {
+      procLogs['mcp-ext-proc governed'] = await processorLogProblems(governed.proc);
+      alive['mcp-ext-proc governed'] = !governed.proc.hasExited();
+    }
 
     // ------------------------------------------------------------------ report
     const sections: string[] = [];
     const comparisons: Comparison[] = [];
     const summaries: Summary[] = cells.map(summarise);
-    const order: SetupId[] = ['direct', 'noop', 'mcp-ext-proc'];
-    const rateSets: { name: string; rates: Record<WorkloadId, number>; seconds: number; rounds: number; main: boolean }[] = [
-      { name: settings.fixedRate !== undefined ? 'BENCH_RATE' : 'half of the highest rate mcp-ext-proc sustained', rates, seconds: settings.seconds, rounds: settings.rounds, main: true },
+    const order: SetupId[] = ['direct', 'noop', 'mcp-ext-proc', 'governed'];
+    const rateSets: { name: (w: WorkloadId) => string; governed: boolean; rates: Partial<Record<WorkloadId, number>>; seconds: number; rounds: number; main: boolean }[] = [
+      { name: () => (settings.fixedRate !== undefined ? 'BENCH_RATE' : 'half of the highest rate mcp-ext-proc sustained'), governed: false, rates, seconds: settings.seconds, rounds: settings.rounds, main: true },
     ];
-    if (lowDistinct) rateSets.push({ name: 'low fixed rate', rates: lowRates, seconds: settings.lowSeconds, rounds: settings.lowRounds, main: false });
-    for (const workload of WORKLOADS) {
+    if (lowDistinct) rateSets.push({ name: () => 'low fixed rate', governed: false, rates: lowRates, seconds: settings.lowSeconds, rounds: settings.lowRounds, main: false });
+    if (governedOn) {
+      rateSets.push({ name: govRateName, governed: true, rates: govRates, seconds: settings.govSeconds, rounds: settings.govRounds, main: true });
+      rateSets.push({ name: () => 'low fixed rate', governed: true, rates: govLowRates, seconds: settings.lowSeconds, rounds: settings.lowRounds, main: false });
+    }
+    for (const workload of workloads) {
       const search_ = searches.find((s) => s.workload === workload.id);
       for (const set of rateSets) {
         const rate = set.rates[workload.id];
+        if (rate === undefined || set.governed !== workload.governed) continue;
         const rows = order
           .map((id) => summaries.find((s) => s.workload === workload.id && s.setup === id && s.rate === rate))
           .filter((s): s is Summary => s !== undefined);
-        const comparison = compare(cells, workload.id, rate);
+        const comparison = compare(cells, workload, rate);
         if (comparison !== undefined) comparisons.push(comparison);
         const searchNote =
           search_ !== undefined && set.main
             ? ` (mcp-ext-proc sustained ${search_.sustainedRate} rps${search_.failedRate === undefined ? '' : `, saturated at ${search_.failedRate} rps`})`
             : '';
-        const title = `\n${workload.id.toUpperCase()} workload (${workload.label}) at ${rate} rps, ${set.name}${searchNote}; ${set.rounds} rounds × ${set.seconds} s, medians`;
+        const title = `\n${workload.id.toUpperCase()} workload (${workload.label}) at ${rate} rps, ${set.name(workload.id)}${searchNote}; ${set.rounds} rounds × ${set.seconds} s, medians`;
         sections.push(report(title, rows, comparison));
         sections.push(phaseReport(phases.filter((p) => p.workload === workload.id && p.rate === rate)));
       }
@@ -717,7 +933,7 @@ async function main(): Promise<void> {
     for (const [id, counters] of Object.entries(envoyStats)) {
       for (const name of ['ext_proc.streams_failed', 'ext_proc.failure_mode_allowed', 'ext_proc.message_timeouts', 'ext_proc.spurious_msgs_received', 'ext_proc.rejected_header_mutations', 'downstream_rq_5xx']) {
         const v = counters[name];
-        if (v !== undefined && v > 0) problems.push(`Envoy (${id}) ${name} = ${v} during the search and measurements`);
+        if (v !== undefined && v > 0) problems.push(`Envoy (${id}) ${name} = ${v} during the search${governedOn ? ', the governed probe' : ''} and measurements`);
       }
       const dropped = counters['processor_cluster.upstream_cx_destroy_remote_with_active_rq'] ?? 0;
       if (dropped > 0) {
@@ -729,15 +945,18 @@ async function main(): Promise<void> {
       }
     }
     for (const [id, e] of Object.entries(envoyErrors)) {
-      if (e.count > 0) problems.push(`Envoy (${id}) access log: ${e.count} responses ≥ 500 over the whole run: ${JSON.stringify(e.byDetails)}`);
+      if (e.count > 0) {
+        const probe = e.inProbes > 0 ? ` (${e.inProbes} of them during the governed rate probe's overloaded steps, ${e.count - e.inProbes} elsewhere)` : '';
+        problems.push(`Envoy (${id}) access log: ${e.count} responses ≥ 500 over the whole run${probe}: ${JSON.stringify(e.byDetails)}`);
+      }
     }
     for (const [id, p] of Object.entries(procLogs)) {
       if (p.errors > 0 || p.warnings > 0) problems.push(`${id} logged ${p.errors} errors and ${p.warnings} warnings, e.g. ${p.examples.join(' | ')}`);
     }
     for (const [id, ok] of Object.entries(alive)) if (!ok) problems.push(`${id} exited during the run`);
 
-    const msgsPerRequest = (id: SetupId): string => {
-      const c = envoyStats[id];
+    const msgsPerRequest = (id: SetupId, stats: Record<string, Record<string, number>>): string => {
+      const c = stats[id];
       const streams = c?.['ext_proc.streams_started'] ?? 0;
       const sent = c?.['ext_proc.stream_msgs_sent'] ?? 0;
       const received = c?.['ext_proc.stream_msgs_received'] ?? 0;
@@ -755,8 +974,15 @@ async function main(): Promise<void> {
       `mcp-ext-proc benchmark: ${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}, Envoy ${machine.envoy} --concurrency ${machine.envoyConcurrency}, vegeta open loop (HTTP/1.1 keep-alive)`,
       'CPU µs/req: on-CPU time of that process (all threads, /proc/<pid>/task/*/schedstat) during the attack ÷ requests sent.',
       `Idle CPU with no traffic (µs per second, counted in the per-request figures): ${Object.entries(idle).map(([k, v]) => `${k} ${v}`).join(', ')}`,
-      `ext_proc messages (Envoy's counters): no-op ${msgsPerRequest('noop')}; mcp-ext-proc ${msgsPerRequest('mcp-ext-proc')}`,
+      `ext_proc messages (Envoy's counters): no-op ${msgsPerRequest('noop', envoyStatsAnonymous)}; mcp-ext-proc ${msgsPerRequest('mcp-ext-proc', envoyStatsAnonymous)}` +
+        (governedOn ? `; governed workloads: no-op ${msgsPerRequest('noop', envoyStatsGoverned)}, mcp-ext-proc governed ${msgsPerRequest('governed', envoyStatsGoverned)}` : ''),
     ];
+    if (governedOn) {
+      header.push(
+        `Governed: every request carries the same bearer token (${GOV_USER} via ${GOV_CLIENT}, from the test IdP), so the processor verifies it from its cache; ` +
+          `policy of ${GOV_RULES.length} rules (bench/governed.ts), ${GOV_VISIBLE_TO_ALICE.length} of ${GOV_TOOLS.length} tools allowed.`,
+      );
+    }
     const text = [...header, ...sections, '', problems.length === 0 ? 'problems: none seen (no failed requests, no ext_proc errors in Envoy, no processor errors logged)' : `problems:\n  ${problems.join('\n  ')}`].join('\n');
     process.stdout.write(`${text}\n`);
 
@@ -766,9 +992,13 @@ async function main(): Promise<void> {
       machine,
       settings,
       targets: TARGETS,
-      workloads: WORKLOADS.map((w) => ({ ...w, requestBody: REQUEST_BODY, protocolVersion: settings.protocolVersion })),
+      workloads: workloads.map((w) => ({ ...w, protocolVersion: settings.protocolVersion })),
+      governed: governedOn
+        ? { rules: GOV_RULES.length, tools: GOV_TOOLS.length, visible: GOV_VISIBLE_TO_ALICE.length, user: GOV_USER, client: GOV_CLIENT, resource: GOV_RESOURCE, call: GOV_CALL }
+        : undefined,
       search: searches,
-      rates: { measured: rates, low: lowDistinct ? settings.lowRate : undefined },
+      governedProbes: govProbe?.probes,
+      rates: { measured: rates, low: lowDistinct ? settings.lowRate : undefined, governed: governedOn ? govRates : undefined, governedLow: governedOn ? govLowRates : undefined },
       results: summaries,
       comparisons,
       rounds: cells.map((c) => ({ workload: c.workload, setup: c.setup, rate: c.rate, samples: c.samples })),
