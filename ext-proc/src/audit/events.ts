@@ -29,8 +29,6 @@ export interface Observer {
   phase(phase: string, seconds: number): void;
 }
 
-export const ignoreEvents: Observer = { streamOpened: () => undefined, message: () => undefined, rejected: () => undefined, phase: () => undefined };
-
 /** Sends every event to each observer in turn. */
 export function allOf(...observers: Observer[]): Observer {
   return {

@@ -6,10 +6,6 @@ export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 /** With no header and nothing else known, the Streamable HTTP spec says to assume 2025-03-26. */
 export const DEFAULT_VERSION: ProtocolVersion = '2025-03-26';
 
-export function isKnownVersion(v: string): v is ProtocolVersion {
-  return (PROTOCOL_VERSIONS as readonly string[]).includes(v);
-}
-
 /** JSON-RPC batches exist only in the 2025-03-26 revision. */
 export function allowsBatches(v: string): boolean {
   return v === '2025-03-26';

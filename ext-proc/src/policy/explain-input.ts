@@ -4,15 +4,6 @@
 import type { Caller } from '../identity/principal.ts';
 import type { GovernedMethod, PolicyRequest } from './types.ts';
 
-export interface ExplainQuestion {
-  readonly server: string;
-  readonly method?: string;
-  readonly name: string;
-  readonly arguments?: Record<string, unknown>;
-  readonly user: { subject: string; issuer?: string; issuerName?: string; email?: string; groups?: string[]; scopes?: string[]; claims?: Record<string, unknown> };
-  readonly agent?: { id?: string; clientId?: string; spiffeId?: string };
-}
-
 const METHODS: readonly GovernedMethod[] = ['tools/call', 'prompts/get', 'resources/read', 'completion/complete'];
 
 export class ExplainInputError extends Error {
@@ -30,7 +21,11 @@ function strings(v: unknown, field: string): string[] {
   return v;
 }
 
-/** Validates a question from outside (JSON) and builds the policy request. */
+/**
+ * Validates a question from outside (JSON) and builds the policy request. Shape:
+ * `{ server, method? (default tools/call), name, arguments?, user: { subject, issuer?, issuerName?,
+ * email?, groups?, scopes?, claims? }, agent?: { id?, clientId?, spiffeId? } }`.
+ */
 export function toPolicyRequest(input: unknown): PolicyRequest {
   if (typeof input !== 'object' || input === null) throw new ExplainInputError('the question must be a JSON object');
   const q = input as Record<string, unknown>;
