@@ -199,6 +199,18 @@ describe('response path', () => {
     s.halfClose();
   });
 
+  it('records a call the upstream refused with an id-less JSON-RPC error as an upstream error', async () => {
+    const s = client.open();
+    await s.exchange(envoy.requestHeaders(POST('/weather/mcp', { 'mcp-session-id': 'up-400' })));
+    await s.exchange(envoy.requestBody('{"jsonrpc":"2.0","id":"u1","method":"tools/call","params":{"name":"x"}}'));
+    await s.exchange(envoy.responseHeaders({ ':status': '400', 'content-type': 'application/json' }));
+    await s.exchange(envoy.responseBody('{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: Mcp-Session-Id header is required"}}', true));
+    s.halfClose();
+    await s.status;
+    const record = (await proc.auditRecords()).find((r) => r['jsonrpc.request.id'] === 'u1');
+    expect(record).toMatchObject({ 'mcp_ext_proc.outcome': 'upstream_error', 'http.response.status_code': 400 });
+  });
+
   it('answers pipelined SSE chunks in order and forwards every byte exactly', async () => {
     const events = [
       'event: message\nid: 1_0\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}\n\n',

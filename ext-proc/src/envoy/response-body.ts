@@ -47,6 +47,9 @@ async function readJson(ex: Exchange, chunk: Buffer, msg: HttpBody): Promise<Pro
     return CONTINUE;
   }
   const text = await review(ex, parsed, 'json', decoded?.length ?? chunk.length);
+  // An HTTP error whose JSON-RPC error could not name the request (id null: the server could not read
+  // it) still ends the calls waiting on this stream, as an upstream error rather than "no response".
+  if (msg.end_of_stream === true && ex.pending.size > 0 && (ex.responseStatus ?? 0) >= 400) ex.upstreamFailed(ex.responseStatus ?? 0);
   if (text === undefined) return CONTINUE;
   const body = Buffer.from(text, 'utf8');
   const remove = ex.responseEncoding === undefined ? [] : ['content-encoding'];
