@@ -1,26 +1,36 @@
 // The test IdP (test/support/idp.ts) behaves like the organisation's IdP the processor will trust:
 // discovery leads to a JWKS that verifies its JWT access tokens; tokens carry the user's and the agent's
 // identity and are bound to the requested resource; it can be made unreachable and brought back; and
-// the negative-token helpers never produce something that verifies.
+// the negative-token helpers never produce something that verifies; and it exchanges a token it issued
+// for one aimed at another resource (RFC 8693), for a client authenticated by secret or by signed JWT.
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
   decodeJwt,
   decodeProtectedHeader,
+  exportJWK,
+  generateKeyPair,
   jwtVerify,
+  SignJWT,
 } from 'jose';
 import type { JSONWebKeySet, JWTPayload, JWTVerifyGetKey } from 'jose';
 import {
+  ACCESS_TOKEN_TYPE,
+  CLIENT_ASSERTION_TYPE,
+  DEFAULT_CLIENTS,
   DEFAULT_SCOPE,
   forgeToken,
+  JWT_TOKEN_TYPE,
   MALFORMED_TOKENS,
   startIdp,
   tamperToken,
+  TOKEN_EXCHANGE_GRANT,
   unsignedToken,
   USER_GRANT_TYPE,
 } from '../support/idp.ts';
-import type { Idp } from '../support/idp.ts';
+import type { Idp, TokenResponse } from '../support/idp.ts';
 
 const RESOURCE_A = 'http://127.0.0.1:18080/a/mcp';
 const RESOURCE_B = 'http://127.0.0.1:18080/b/mcp';
@@ -68,6 +78,34 @@ async function rejectionCode(promise: Promise<unknown>): Promise<string> {
 
 function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
+}
+
+/** An RFC 8693 exchange request for an access token, plus `fields` (the target, scope, actor token…). */
+function exchangeForm(subjectToken: string, fields: Readonly<Record<string, string>> = {}): Record<string, string> {
+  return { grant_type: TOKEN_EXCHANGE_GRANT, subject_token: subjectToken, subject_token_type: ACCESS_TOKEN_TYPE, ...fields };
+}
+
+/** The issued token of a successful exchange (fails the test with the IdP's answer otherwise). */
+function issuedToken(response: TokenResponse): string {
+  expect(response, JSON.stringify(response.body)).toMatchObject({ status: 200 });
+  const token = response.body.access_token;
+  if (typeof token !== 'string') throw new Error('no access_token in the exchange response');
+  return token;
+}
+
+type SigningKey = Parameters<SignJWT['sign']>[0];
+
+/** A private_key_jwt client assertion (RFC 7523): iss = sub = the client, a fresh jti, one minute. */
+function clientAssertion(clientId: string, key: SigningKey, audience: string | string[], alg = 'ES256'): Promise<string> {
+  return new SignJWT({})
+    .setProtectedHeader({ alg })
+    .setIssuer(clientId)
+    .setSubject(clientId)
+    .setAudience(audience)
+    .setJti(randomUUID())
+    .setIssuedAt()
+    .setExpirationTime('1m')
+    .sign(key);
 }
 
 describe('test IdP', () => {
@@ -228,6 +266,19 @@ describe('test IdP', () => {
       expect(idp.tokenRequests()).toBe(total + 4);
     });
 
+    it('counts token exchanges under their grant type, refused ones included', async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const exchanges = idp.tokenRequests(TOKEN_EXCHANGE_GRANT);
+      const total = idp.tokenRequests();
+
+      issuedToken(await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B })));
+      await idp.tokenRequest('gateway', exchangeForm('not-a-jwt', { resource: RESOURCE_B }));
+      await idp.tokenRequest('gateway', exchangeForm(subject));
+
+      expect(idp.tokenRequests(TOKEN_EXCHANGE_GRANT)).toBe(exchanges + 3);
+      expect(idp.tokenRequests()).toBe(total + 3);
+    });
+
     it('counts a token request it cannot parse under "(none)", and answers unknown paths with 404', async () => {
       const unparsed = idp.tokenRequests('(none)');
       const res = await fetch(idp.tokenEndpoint, {
@@ -241,6 +292,178 @@ describe('test IdP', () => {
       const total = idp.tokenRequests();
       expect((await fetch(`${idp.issuer}/no-such-endpoint`)).status).toBe(404);
       expect(idp.tokenRequests()).toBe(total);
+    });
+  });
+
+  describe('token exchange (RFC 8693)', () => {
+    it('advertises the exchange grant, and the gateway may use it', async () => {
+      const meta = await discover(idp.issuer);
+      expect(meta.grant_types_supported).toContain(TOKEN_EXCHANGE_GRANT);
+      expect(idp.clients.map((c) => c.clientId)).toContain('gateway');
+    });
+
+    it("exchanges alice's token for one bound to another resource: same user and claims, the agent as actor, the requested scope", async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A, scope: 'mcp tools:read' });
+
+      const response = await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B, scope: 'tools:call' }));
+      const exchanged = issuedToken(response);
+      expect(response.body).toEqual({
+        access_token: exchanged,
+        issued_token_type: ACCESS_TOKEN_TYPE,
+        token_type: 'Bearer',
+        expires_in: 300,
+        scope: 'tools:call',
+      });
+
+      const { payload, protectedHeader } = await jwtVerify(exchanged, await discoveredJwks(idp.issuer), {
+        issuer: idp.issuer,
+        audience: RESOURCE_B,
+        typ: 'at+jwt',
+      });
+      expect(protectedHeader.kid).toBe(idp.signingKid());
+      expect(payload).toMatchObject({
+        aud: RESOURCE_B,
+        sub: 'alice',
+        act: { sub: 'agent-a' },
+        scope: 'tools:call',
+        email: 'alice@example.com',
+        groups: ['analysts'],
+        client_id: 'gateway',
+        azp: 'gateway',
+      });
+      expect(payload.jti).not.toBe(decodeJwt(subject).jti);
+      expect((payload.exp ?? 0) - (payload.iat ?? 0)).toBe(300);
+      // Bound to the new resource only.
+      expect(await rejectionCode(verifyNow(idp, exchanged, RESOURCE_A))).toBe('ERR_JWT_CLAIM_VALIDATION_FAILED');
+    });
+
+    it("keeps the subject token's scope when none is asked for, and takes `audience` as the target when there is no resource", async () => {
+      const subject = await idp.userToken({ user: 'bob', client: 'agent-b', resource: RESOURCE_A, scope: 'mcp tools:read' });
+      const response = await idp.tokenRequest('gateway', exchangeForm(subject, { audience: 'billing-api' }));
+      const payload = await verifyNow(idp, issuedToken(response), 'billing-api');
+      expect(payload).toMatchObject({ sub: 'bob', scope: 'mcp tools:read', act: { sub: 'agent-b' }, groups: ['engineering'] });
+      expect(response.body.scope).toBe('mcp tools:read');
+
+      // Both given: resource wins.
+      const both = await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B, audience: 'billing-api' }));
+      expect(decodeJwt(issuedToken(both)).aud).toBe(RESOURCE_B);
+    });
+
+    it("names the actor token's subject as actor, and nests the act of a subject token that was itself exchanged", async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const actorToken = await idp.clientToken({ client: 'agent-b', resource: RESOURCE_A });
+      const withActor = issuedToken(
+        await idp.tokenRequest(
+          'gateway',
+          exchangeForm(subject, { resource: RESOURCE_B, actor_token: actorToken, actor_token_type: ACCESS_TOKEN_TYPE }),
+        ),
+      );
+      expect(await verifyNow(idp, withActor, RESOURCE_B)).toMatchObject({ sub: 'alice', act: { sub: 'agent-b' } });
+
+      const once = issuedToken(await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B })));
+      const twice = issuedToken(
+        await idp.tokenRequest('agent-b', exchangeForm(once, { subject_token_type: JWT_TOKEN_TYPE, resource: 'urn:downstream' })),
+      );
+      const payload = await verifyNow(idp, twice, 'urn:downstream');
+      expect(payload).toMatchObject({ sub: 'alice', client_id: 'agent-b', email: 'alice@example.com' });
+      expect(payload.act).toEqual({ sub: 'gateway', act: { sub: 'agent-a' } });
+    });
+
+    it('exchanges an agent\'s own token: the agent is both subject and actor, without user claims', async () => {
+      const subject = await idp.clientToken({ client: 'agent-a', resource: RESOURCE_A, scope: 'mcp' });
+      const payload = await verifyNow(
+        idp,
+        issuedToken(await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B }))),
+        RESOURCE_B,
+      );
+      expect(payload).toMatchObject({ sub: 'agent-a', act: { sub: 'agent-a' }, client_id: 'gateway', scope: 'mcp' });
+      expect(payload).not.toHaveProperty('email');
+    });
+
+    it('refuses with invalid_grant a subject or actor token it did not issue, or one that expired', async () => {
+      const real = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const claims = decodeJwt(real);
+      const refused: Record<string, string> = {
+        forged: await forgeToken(claims, { kid: idp.signingKid() }),
+        unknownKid: await forgeToken(claims),
+        tampered: tamperToken(real, { sub: 'admin' }),
+        unsigned: unsignedToken(claims),
+        expired: await idp.expiredToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A }),
+        otherIssuer: tamperToken(real, { iss: 'http://127.0.0.1:1' }),
+        notAJwt: MALFORMED_TOKENS.notAJwt ?? 'not-a-jwt',
+      };
+      for (const [name, token] of Object.entries(refused)) {
+        const response = await idp.tokenRequest('gateway', exchangeForm(token, { resource: RESOURCE_B }));
+        expect({ name, ...response }).toMatchObject({
+          name,
+          status: 400,
+          body: { error: 'invalid_grant', error_description: expect.stringMatching(/^subject_token rejected: /) as unknown },
+        });
+        expect(response.body).not.toHaveProperty('access_token');
+      }
+      const expired = await idp.tokenRequest('gateway', exchangeForm(refused.expired ?? '', { resource: RESOURCE_B }));
+      expect(expired.body.error_description).toMatch(/"exp" claim/);
+
+      const badActor = await idp.tokenRequest(
+        'gateway',
+        exchangeForm(real, { resource: RESOURCE_B, actor_token: refused.forged ?? '', actor_token_type: ACCESS_TOKEN_TYPE }),
+      );
+      expect(badActor).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+      expect(badActor.body.error_description).toMatch(/^actor_token rejected: /);
+    });
+
+    it('refuses an exchange without a target (invalid_target), or without a known subject_token_type (invalid_request)', async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const noTarget = await idp.tokenRequest('gateway', exchangeForm(subject));
+      expect(noTarget).toMatchObject({ status: 400, body: { error: 'invalid_target' } });
+      const badResource = await idp.tokenRequest('gateway', exchangeForm(subject, { resource: 'not a uri' }));
+      expect(badResource).toMatchObject({ status: 400, body: { error: 'invalid_target' } });
+
+      const { subject_token_type: _omitted, ...withoutType } = exchangeForm(subject, { resource: RESOURCE_B });
+      expect(await idp.tokenRequest('gateway', withoutType)).toMatchObject({ status: 400, body: { error: 'invalid_request' } });
+      for (const form of [
+        exchangeForm(subject, { resource: RESOURCE_B, subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' }),
+        exchangeForm(subject, { resource: RESOURCE_B, requested_token_type: 'urn:ietf:params:oauth:token-type:refresh_token' }),
+        exchangeForm(subject, { resource: RESOURCE_B, actor_token: subject }),
+        { grant_type: TOKEN_EXCHANGE_GRANT, subject_token_type: ACCESS_TOKEN_TYPE, resource: RESOURCE_B },
+      ]) {
+        expect(await idp.tokenRequest('gateway', form)).toMatchObject({ status: 400, body: { error: 'invalid_request' } });
+      }
+    });
+
+    it('refuses every exchange with the chosen OAuth error after refuseExchanges(), until it is lifted', async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const form = exchangeForm(subject, { resource: RESOURCE_B });
+      try {
+        idp.refuseExchanges('unauthorized_client');
+        const unauthorized = await idp.tokenRequest('gateway', form);
+        expect(unauthorized.status).toBe(400);
+        expect(unauthorized.body).toEqual({ error: 'unauthorized_client', error_description: expect.any(String) as unknown });
+
+        idp.refuseExchanges('invalid_grant');
+        const invalid = await idp.tokenRequest('gateway', form);
+        expect(invalid.status).toBe(400);
+        expect(invalid.body).toEqual({ error: 'invalid_grant', error_description: expect.any(String) as unknown });
+        // Other grants are unaffected.
+        await expect(idp.userToken({ user: 'bob', client: 'agent-a', resource: RESOURCE_A })).resolves.toEqual(expect.any(String));
+      } finally {
+        idp.refuseExchanges(undefined);
+      }
+      expect(decodeJwt(issuedToken(await idp.tokenRequest('gateway', form))).aud).toBe(RESOURCE_B);
+    });
+
+    it('still authenticates the exchanging client: a wrong secret is invalid_client', async () => {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const res = await fetch(idp.tokenEndpoint, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          authorization: `Basic ${Buffer.from('gateway:wrong').toString('base64')}`,
+        },
+        body: new URLSearchParams(exchangeForm(subject, { resource: RESOURCE_B })),
+      });
+      expect(res.status).toBe(401);
+      expect(await res.json()).toMatchObject({ error: 'invalid_client' });
     });
   });
 
@@ -365,6 +588,23 @@ describe('test IdP key rotation', () => {
     expect(await rejectionCode(verifyNow(idp, oldToken, RESOURCE_A))).toBe('ERR_JWKS_NO_MATCHING_KEY');
   });
 
+  it('exchanges a subject token signed by a retired key while it is still published, and refuses it once the key is gone', async () => {
+    const other = await startIdp();
+    try {
+      const subject = await other.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      await other.rotateKeys({ keepPrevious: true });
+      const exchanged = issuedToken(await other.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B })));
+      expect(decodeProtectedHeader(exchanged).kid).toBe(other.signingKid());
+      expect(decodeProtectedHeader(subject).kid).not.toBe(other.signingKid());
+
+      await other.rotateKeys();
+      const refused = await other.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B }));
+      expect(refused).toMatchObject({ status: 400, body: { error: 'invalid_grant' } });
+    } finally {
+      await other.stop();
+    }
+  });
+
   it('keeps the previous keys published, no longer signing, with keepPrevious', async () => {
     const oldToken = await idp.clientToken({ client: 'agent-b', resource: RESOURCE_B });
     const oldKid = idp.signingKid();
@@ -386,6 +626,21 @@ describe('test IdP options', () => {
       const token = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
       expect(decodeProtectedHeader(token)).toMatchObject({ alg: 'ES256', kid: idp.signingKid() });
       await expect(verifyNow(idp, token, RESOURCE_A)).resolves.toMatchObject({ sub: 'alice' });
+    } finally {
+      await idp.stop();
+    }
+  });
+
+  it('gives exchanged tokens their own lifetime when asked to', async () => {
+    const idp = await startIdp({ tokenTtlSeconds: 120, exchangeTokenTtlSeconds: 30 });
+    try {
+      const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+      const response = await idp.tokenRequest('gateway', exchangeForm(subject, { resource: RESOURCE_B }));
+      const payload = await verifyNow(idp, issuedToken(response), RESOURCE_B);
+      expect((payload.exp ?? 0) - (payload.iat ?? 0)).toBe(30);
+      expect(response.body.expires_in).toBe(30);
+      const direct = decodeJwt(subject);
+      expect((direct.exp ?? 0) - (direct.iat ?? 0)).toBe(120);
     } finally {
       await idp.stop();
     }
@@ -413,5 +668,76 @@ describe('test IdP options', () => {
     } finally {
       await idp.stop();
     }
+  });
+});
+
+describe('test IdP client authentication with private_key_jwt', () => {
+  let idp: Idp;
+  let clientKey: SigningKey;
+  let strangerKey: SigningKey;
+
+  beforeAll(async () => {
+    const pair = await generateKeyPair('ES256');
+    clientKey = pair.privateKey;
+    strangerKey = (await generateKeyPair('ES256')).privateKey;
+    const publicJwk = { ...(await exportJWK(pair.publicKey)), alg: 'ES256', use: 'sig', kid: 'gateway-jwt-1' };
+    idp = await startIdp({
+      clients: [...DEFAULT_CLIENTS, { clientId: 'gateway-jwt', authMethod: 'private_key_jwt', jwks: { keys: [publicJwk] } }],
+    });
+  });
+
+  afterAll(async () => {
+    await idp.stop();
+  });
+
+  async function exchangeAs(key: SigningKey, audience: string | string[], subject: string): Promise<TokenResponse> {
+    return idp.tokenRequest(
+      'gateway-jwt',
+      exchangeForm(subject, {
+        resource: RESOURCE_B,
+        client_assertion_type: CLIENT_ASSERTION_TYPE,
+        client_assertion: await clientAssertion('gateway-jwt', key, audience),
+      }),
+    );
+  }
+
+  it('authenticates a client by a JWT signed with its key, addressed to the token endpoint or the issuer', async () => {
+    const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+    for (const audience of [idp.tokenEndpoint, idp.issuer, ['https://elsewhere.example', idp.tokenEndpoint]]) {
+      const payload = await verifyNow(idp, issuedToken(await exchangeAs(clientKey, audience, subject)), RESOURCE_B);
+      expect(payload).toMatchObject({ sub: 'alice', client_id: 'gateway-jwt', act: { sub: 'agent-a' } });
+    }
+    // Any grant, not only the exchange.
+    const own = await idp.tokenRequest('gateway-jwt', {
+      grant_type: 'client_credentials',
+      resource: RESOURCE_A,
+      client_assertion_type: CLIENT_ASSERTION_TYPE,
+      client_assertion: await clientAssertion('gateway-jwt', clientKey, idp.tokenEndpoint),
+    });
+    expect(decodeJwt(issuedToken(own))).toMatchObject({ sub: 'gateway-jwt', aud: RESOURCE_A });
+  });
+
+  it('refuses with 401 invalid_client an assertion signed by another key, addressed elsewhere, replayed, or absent', async () => {
+    const subject = await idp.userToken({ user: 'alice', client: 'agent-a', resource: RESOURCE_A });
+    expect(await exchangeAs(strangerKey, idp.tokenEndpoint, subject)).toMatchObject({ status: 401, body: { error: 'invalid_client' } });
+    expect(await exchangeAs(clientKey, 'https://elsewhere.example/token', subject)).toMatchObject({
+      status: 401,
+      body: { error: 'invalid_client' },
+    });
+
+    const assertion = await clientAssertion('gateway-jwt', clientKey, idp.tokenEndpoint);
+    const form = exchangeForm(subject, { resource: RESOURCE_B, client_assertion_type: CLIENT_ASSERTION_TYPE, client_assertion: assertion });
+    issuedToken(await idp.tokenRequest('gateway-jwt', form));
+    expect(await idp.tokenRequest('gateway-jwt', form)).toMatchObject({ status: 401, body: { error: 'invalid_client' } });
+
+    // Only client_id: no authentication at all.
+    expect(await idp.tokenRequest('gateway-jwt', exchangeForm(subject, { resource: RESOURCE_B }))).toMatchObject({
+      status: 401,
+      body: { error: 'invalid_client' },
+    });
+  });
+
+  it('refuses to start with a private_key_jwt client that has no keys', async () => {
+    await expect(startIdp({ clients: [{ clientId: 'keyless', authMethod: 'private_key_jwt' }] })).rejects.toThrow(/no jwks/);
   });
 });

@@ -1,6 +1,7 @@
 // The real MCP servers and client scenarios of the end-to-end tier, run directly (no Envoy): every
 // scenario gives the same transcript twice in a row, so a transcript taken through Envoy + the
 // processor can be compared with a direct one; and the transcripts hold what they are meant to.
+// Servers asked to check credentials refuse a bad one with 401 before their MCP layer sees anything.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   DEMO_RESOURCE_COUNT,
@@ -24,7 +25,9 @@ import {
   runStreamableHttpScenario,
   SESSION_ID_PLACEHOLDER,
 } from '../support/mcp-scenarios.ts';
-import type { Json, ScenarioTranscript, ToolCallRecord } from '../support/mcp-scenarios.ts';
+import type { Json, RawExchange, ScenarioTranscript, ToolCallRecord } from '../support/mcp-scenarios.ts';
+import { ACCESS_TOKEN_TYPE, forgeToken, startIdp, TOKEN_EXCHANGE_GRANT } from '../support/idp.ts';
+import type { Idp } from '../support/idp.ts';
 
 const PROGRESS_STEPS = 5;
 
@@ -420,5 +423,202 @@ describe('server-everything child process (legacy SSE mode)', () => {
     expect(toolCall(first, 'trigger-sampling-request').serverRequests[0]).toMatchObject({ method: 'sampling/createMessage' });
     expect(first.termination).toEqual({ method: 'close', sessionIdCleared: true });
     expect(server.received.http.some((h) => h.method === 'POST' && h.path === '/message' && h.sessionId !== undefined)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Credential checks
+
+/** The resource indicator the guarded server's tokens are issued for (need not be its own URL). */
+const GUARDED_AUDIENCE = 'https://downstream.test/mcp';
+
+const INITIALIZE = {
+  jsonrpc: '2.0',
+  id: 0,
+  method: 'initialize',
+  params: { protocolVersion: '2025-11-25', capabilities: {}, clientInfo: { name: 'credential-test', version: '1.0.0' } },
+};
+
+/** An initialize POST carrying `authorization` (or none). */
+function initializeWith(url: string, authorization: string | undefined): Promise<RawExchange> {
+  return rawExchange(url, {
+    method: 'POST',
+    headers: {
+      accept: 'application/json, text/event-stream',
+      'content-type': 'application/json',
+      ...(authorization === undefined ? {} : { authorization }),
+    },
+    body: JSON.stringify(INITIALIZE),
+  });
+}
+
+function expectInvalidToken(answer: RawExchange): void {
+  expect(answer.status).toBe(401);
+  expect(answer.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
+  expect(answer.headers['content-type']).toBe('application/json');
+  expect(JSON.parse(answer.body.toString('utf8'))).toEqual({ error: 'invalid_token', error_description: expect.any(String) as unknown });
+}
+
+const ADD_CALL = { jsonrpc: '2.0', id: 5, method: 'tools/call', params: { name: 'add', arguments: { a: 20, b: 22 } } };
+
+describe('Streamable HTTP server verifying bearer tokens', () => {
+  let idp: Idp;
+  let server: McpTestServer;
+
+  beforeAll(async () => {
+    idp = await startIdp();
+    server = await startStreamableJsonServer({
+      pathPrefix: '/guarded',
+      verifyTokens: { jwksUri: idp.jwksUri, issuer: idp.issuer, audience: GUARDED_AUDIENCE },
+    });
+  });
+  afterAll(async () => {
+    await server.close();
+    await idp.stop();
+  });
+
+  it('serves a request whose token verifies, and records the token with its claims', async () => {
+    server.received.clear();
+    const token = await idp.userToken({ user: 'alice', client: 'agent-a', resource: GUARDED_AUDIENCE });
+    const session = await openRawSession(server.url(), '2025-11-25', { authorization: `Bearer ${token}` });
+    const answer = await session.post(ADD_CALL);
+    await session.terminate();
+
+    expect(answer.status).toBe(200);
+    expect(messagesOf(answer)).toEqual([{ jsonrpc: '2.0', id: 5, result: { content: [{ type: 'text', text: '20 + 22 = 42' }], structuredContent: { sum: 42 } } }]);
+    expect(server.received.has('tools/call', 'add')).toBe(true);
+    // initialize, notifications/initialized, tools/call, DELETE
+    expect(server.received.http).toHaveLength(4);
+    for (const record of server.received.http) {
+      expect(record.authorization).toBe(`Bearer ${token}`);
+      expect(record.token).toEqual({ valid: true, claims: expect.objectContaining({ sub: 'alice', aud: GUARDED_AUDIENCE, client_id: 'agent-a' }) as unknown });
+      expect(record).not.toHaveProperty('rejected');
+    }
+  });
+
+  it("accepts a token the gateway obtained by exchange, and records who acted for the user", async () => {
+    server.received.clear();
+    const subject = await idp.userToken({ user: 'bob', client: 'agent-b', resource: 'https://gateway.test/mcp' });
+    const exchange = await idp.tokenRequest('gateway', {
+      grant_type: TOKEN_EXCHANGE_GRANT,
+      subject_token: subject,
+      subject_token_type: ACCESS_TOKEN_TYPE,
+      resource: GUARDED_AUDIENCE,
+    });
+    const token = String(exchange.body.access_token);
+    // The agent's own token is for the gateway, not for this server.
+    expectInvalidToken(await initializeWith(server.url(), `Bearer ${subject}`));
+
+    const answer = await initializeWith(server.url(), `Bearer ${token}`);
+    expect(answer.status).toBe(200);
+    expect(server.received.http.at(-1)?.token).toEqual({
+      valid: true,
+      claims: expect.objectContaining({ sub: 'bob', client_id: 'gateway', act: { sub: 'agent-b' } }) as unknown,
+    });
+    expect(server.received.requests('initialize')).toHaveLength(1);
+  });
+
+  it('answers 401 invalid_token to a token for another audience, a forged, expired or missing one, never reaching the MCP layer', async () => {
+    server.received.clear();
+    const sessionsBefore = server.openSessions();
+    const elsewhere = await idp.userToken({ user: 'alice', client: 'agent-a', resource: 'https://other.test/mcp' });
+    const refused: [string | undefined, RegExp][] = [
+      [`Bearer ${elsewhere}`, /"aud" claim/],
+      [`Bearer ${await forgeToken({ iss: idp.issuer, sub: 'alice', aud: GUARDED_AUDIENCE, exp: Math.floor(Date.now() / 1000) + 60 })}`, /ERR_JWKS_NO_MATCHING_KEY/],
+      [`Bearer ${await idp.expiredToken({ user: 'alice', client: 'agent-a', resource: GUARDED_AUDIENCE })}`, /ERR_JWT_EXPIRED/],
+      ['Bearer not-a-jwt', /ERR_JWS_INVALID/],
+      [`Basic ${Buffer.from('alice:secret').toString('base64')}`, /^not a bearer token$/],
+      [undefined, /^missing bearer token$/],
+    ];
+    for (const [authorization] of refused) expectInvalidToken(await initializeWith(server.url(), authorization));
+
+    expect(server.received.messages).toEqual([]);
+    expect(server.openSessions()).toBe(sessionsBefore);
+    expect(server.received.http).toHaveLength(refused.length);
+    refused.forEach(([authorization, error], i) => {
+      const record = server.received.http[i];
+      expect(record?.authorization).toBe(authorization);
+      expect(record?.token).toEqual({ valid: false, error: expect.stringMatching(error) as unknown });
+      expect(record?.rejected).toEqual(expect.any(String));
+    });
+  });
+
+  it('refuses every request while rejectAllTokens is on, mid-session too, and serves again once it is off', async () => {
+    const token = await idp.userToken({ user: 'alice', client: 'agent-a', resource: GUARDED_AUDIENCE });
+    const session = await openRawSession(server.url(), '2025-11-25', { authorization: `Bearer ${token}` });
+    server.received.clear();
+    try {
+      server.rejectAllTokens(true);
+      expectInvalidToken(await session.post(ADD_CALL));
+      expectInvalidToken(await initializeWith(server.url(), `Bearer ${token}`));
+      expect(server.received.messages).toEqual([]);
+      // The token itself was fine: the server refused it anyway.
+      expect(server.received.http[0]).toMatchObject({
+        token: { valid: true },
+        rejected: expect.stringContaining('rejectAllTokens') as unknown,
+      });
+    } finally {
+      server.rejectAllTokens(false);
+    }
+    const again = await session.post(ADD_CALL);
+    expect(again.status).toBe(200);
+    expect(server.received.toolCalls()).toEqual(['add']);
+    await session.terminate();
+  });
+});
+
+describe('Streamable HTTP server requiring a static bearer secret', () => {
+  let server: McpTestServer;
+
+  beforeAll(async () => {
+    server = await startStreamableSseServer({ pathPrefix: '/static', requireBearer: 'Bearer downstream-s3cret' });
+  });
+  afterAll(async () => {
+    await server.close();
+  });
+
+  it('serves requests carrying exactly the expected Authorization header', async () => {
+    server.received.clear();
+    const session = await openRawSession(server.url(), '2025-11-25', { authorization: 'Bearer downstream-s3cret' });
+    const answer = await session.post(ADD_CALL);
+    await session.terminate();
+    expect(answer.status).toBe(200);
+    expect(messagesOf(answer).at(-1)).toMatchObject({ id: 5, result: { structuredContent: { sum: 42 } } });
+    expect(server.received.http.every((h) => h.authorization === 'Bearer downstream-s3cret')).toBe(true);
+    // No token verification configured: nothing recorded about tokens.
+    expect(server.received.http[0]).not.toHaveProperty('token');
+  });
+
+  it('answers 401 to any other value, recording what arrived, without reaching the MCP layer', async () => {
+    server.received.clear();
+    const refused = ['Bearer wrong', 'bearer downstream-s3cret', 'Bearer downstream-s3cret2', undefined];
+    for (const authorization of refused) expectInvalidToken(await initializeWith(server.url(), authorization));
+    expect(server.received.http.map((h) => h.authorization)).toEqual(refused);
+    expect(server.received.http.map((h) => h.rejected)).toEqual([
+      'unexpected Authorization header',
+      'unexpected Authorization header',
+      'unexpected Authorization header',
+      'missing Authorization header',
+    ]);
+    expect(server.received.messages).toEqual([]);
+  });
+});
+
+describe('rejectAllTokens on a server without credential checks', () => {
+  it('refuses the legacy SSE stream with 401 while on', async () => {
+    const server = await startLegacySseServer({ pathPrefix: '/legacy-revoked' });
+    try {
+      server.rejectAllTokens(true);
+      expectInvalidToken(await rawExchange(server.url(), { headers: { accept: 'text/event-stream', authorization: 'Bearer anything' } }));
+      expect(server.openSessions()).toBe(0);
+      expect(server.received.http).toEqual([
+        expect.objectContaining({ method: 'GET', authorization: 'Bearer anything', rejected: expect.any(String) as unknown }),
+      ]);
+      server.rejectAllTokens(false);
+      const stream = await rawExchange(server.url(), { headers: { accept: 'text/event-stream' } }, { readUntil: (body) => body.includes('\n\n') });
+      expect(stream.status).toBe(200);
+    } finally {
+      await server.close();
+    }
   });
 });

@@ -12,6 +12,15 @@
 //
 // `received` records every JSON-RPC message a server took in (and every HTTP request), so a test
 // can prove that a request the processor rejected never reached the server.
+//
+// Downstream credentials. A Streamable HTTP server can check the credential each HTTP request carries,
+// before any MCP handling, like a real resource server behind the gateway: `verifyTokens` verifies the
+// bearer JWT with jose against an issuer's JWKS (signature, issuer, audience, exp), and `requireBearer`
+// demands one exact Authorization header value (a static secret). A request that fails is answered
+// 401 with `WWW-Authenticate: Bearer error="invalid_token"` and a small JSON body, and never reaches the
+// MCP layer; its HTTP record still shows what arrived (the authorization header, and with
+// verifyTokens the verification outcome). Every server's `rejectAllTokens(true)` refuses every request
+// that way until turned off, to play a downstream that revoked the credential it was given.
 
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -41,6 +50,8 @@ import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/proto
 import type { Transport } from '@modelcontextprotocol/sdk/shared/transport.js';
 // zod is the SDK's peer dependency (schemas for tools and prompts); it is always installed with it.
 import { z } from 'zod';
+import { createRemoteJWKSet, errors as joseErrors, jwtVerify } from 'jose';
+import type { JWTPayload, JWTVerifyGetKey } from 'jose';
 
 // ---------------------------------------------------------------------------------------------
 // Received log
@@ -59,8 +70,21 @@ export interface ReceivedMessage {
   readonly uri: string | undefined;
 }
 
+/** Outcome of verifying a request's bearer token (servers started with `verifyTokens`). */
+export type TokenCheck =
+  | { readonly valid: true; readonly claims: JWTPayload }
+  | { readonly valid: false; readonly error: string };
+
+/** What the server's credential checks made of a request, as recorded with it. */
+export interface AuthOutcome {
+  /** Only when the server verifies tokens (`verifyTokens`). */
+  readonly token?: TokenCheck;
+  /** Why the request was answered 401 before any MCP handling; absent when it got through. */
+  readonly rejected?: string;
+}
+
 /** One HTTP request as the server's HTTP layer received it (before any MCP handling). */
-export interface ReceivedHttpRequest {
+export interface ReceivedHttpRequest extends AuthOutcome {
   readonly method: string;
   readonly path: string;
   readonly search: string;
@@ -98,7 +122,7 @@ export class ReceivedLog {
     });
   }
 
-  recordHttp(req: IncomingMessage, url: URL, sessionId: string | undefined): void {
+  recordHttp(req: IncomingMessage, url: URL, sessionId: string | undefined, auth: AuthOutcome = {}): void {
     const lastEventId = req.headers['last-event-id'];
     this.http.push({
       method: req.method ?? '',
@@ -107,6 +131,8 @@ export class ReceivedLog {
       sessionId,
       lastEventId: typeof lastEventId === 'string' ? lastEventId : undefined,
       authorization: req.headers.authorization,
+      ...(auth.token === undefined ? {} : { token: auth.token }),
+      ...(auth.rejected === undefined ? {} : { rejected: auth.rejected }),
     });
   }
 
@@ -156,6 +182,11 @@ export interface McpTestServer {
   url(path?: string): string;
   /** Sessions currently open (undefined for the child-process everything server). */
   openSessions(): number | undefined;
+  /**
+   * While on, every HTTP request is answered 401 `invalid_token` before any MCP handling, whatever
+   * credential it carries (a downstream that revoked it); still recorded in `received.http`.
+   */
+  rejectAllTokens(on: boolean): void;
   close(): Promise<void>;
 }
 
@@ -164,9 +195,25 @@ export interface PrefixOptions {
   pathPrefix?: string;
 }
 
+/** Where the bearer JWTs a server accepts come from, and whom they must be for. */
+export interface VerifyTokensOptions {
+  readonly jwksUri: string;
+  /** Expected `iss`. */
+  readonly issuer: string;
+  /** Expected `aud` (the resource indicator tokens for this server are issued for). */
+  readonly audience: string;
+}
+
 export interface StreamableServerOptions extends PrefixOptions {
   /** Interval of SSE keep-alive comments; 0 (default) disables them so stream bytes are deterministic. */
   keepAliveMs?: number;
+  /**
+   * Verify every request's `Authorization: Bearer <JWT>` against this JWKS, issuer and audience; a
+   * missing or invalid token is answered 401. Each HTTP record then carries the outcome (`token`).
+   */
+  verifyTokens?: VerifyTokensOptions;
+  /** The exact Authorization header value every request must carry (e.g. `Bearer s3cret`), else 401. */
+  requireBearer?: string;
 }
 
 export interface StreamableSseServerOptions extends StreamableServerOptions {
@@ -551,6 +598,91 @@ function sendText(res: ServerResponse, status: number, text: string): void {
   res.end(text);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Credential checks (verifyTokens, requireBearer, rejectAllTokens)
+
+/** The credential checks of one server, run on every HTTP request before anything else. */
+class CredentialGate {
+  readonly #verify: VerifyTokensOptions | undefined;
+  readonly #jwks: JWTVerifyGetKey | undefined;
+  readonly #requireBearer: string | undefined;
+  #rejectAll = false;
+
+  constructor(options: Pick<StreamableServerOptions, 'verifyTokens' | 'requireBearer'> = {}) {
+    this.#verify = options.verifyTokens;
+    this.#jwks = options.verifyTokens === undefined ? undefined : createRemoteJWKSet(new URL(options.verifyTokens.jwksUri));
+    this.#requireBearer = options.requireBearer;
+  }
+
+  rejectAll(on: boolean): void {
+    this.#rejectAll = on;
+  }
+
+  async check(req: IncomingMessage): Promise<AuthOutcome> {
+    const authorization = req.headers.authorization;
+    const problems: string[] = [];
+    if (this.#requireBearer !== undefined && authorization !== this.#requireBearer) {
+      problems.push(authorization === undefined ? 'missing Authorization header' : 'unexpected Authorization header');
+    }
+    let token: TokenCheck | undefined;
+    if (this.#verify !== undefined && this.#jwks !== undefined) {
+      token = await verifyBearer(authorization, this.#verify, this.#jwks);
+      if (!token.valid) problems.push(token.error);
+    }
+    if (this.#rejectAll) problems.push('credential revoked (rejectAllTokens)');
+    return {
+      ...(token === undefined ? {} : { token }),
+      ...(problems.length === 0 ? {} : { rejected: problems.join('; ') }),
+    };
+  }
+}
+
+async function verifyBearer(
+  authorization: string | undefined,
+  { issuer, audience }: VerifyTokensOptions,
+  jwks: JWTVerifyGetKey,
+): Promise<TokenCheck> {
+  const match = authorization === undefined ? null : /^Bearer +(\S+) *$/i.exec(authorization);
+  const token = match?.[1];
+  if (token === undefined) {
+    return { valid: false, error: authorization === undefined ? 'missing bearer token' : 'not a bearer token' };
+  }
+  try {
+    const { payload } = await jwtVerify(token, jwks, { issuer, audience });
+    return { valid: true, claims: payload };
+  } catch (err) {
+    const error = err instanceof joseErrors.JOSEError ? `${err.code}: ${err.message}` : String(err);
+    return { valid: false, error };
+  }
+}
+
+/** 401 for a request whose credential the server refuses; the request body is drained, not read. */
+function sendInvalidToken(req: IncomingMessage, res: ServerResponse, description: string): void {
+  req.resume();
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
+  res.writeHead(401, { 'Content-Type': 'application/json', 'WWW-Authenticate': 'Bearer error="invalid_token"' });
+  res.end(JSON.stringify({ error: 'invalid_token', error_description: description }));
+}
+
+/** Runs the gate, records the request with its outcome; false (401 sent) when the request is refused. */
+async function admit(
+  gate: CredentialGate,
+  received: ReceivedLog,
+  req: IncomingMessage,
+  res: ServerResponse,
+  url: URL,
+  sessionId: string | undefined,
+): Promise<boolean> {
+  const auth = await gate.check(req);
+  received.recordHttp(req, url, sessionId, auth);
+  if (auth.rejected === undefined) return true;
+  sendInvalidToken(req, res, auth.rejected);
+  return false;
+}
+
 async function listenHttp(
   handler: (req: IncomingMessage, res: ServerResponse) => Promise<void>,
 ): Promise<{ server: HttpServer; port: number }> {
@@ -635,6 +767,7 @@ async function startStreamableServer(
   const received = new ReceivedLog();
   const sessions = new Map<string, StreamableSession>();
   const endpointPath = `${pathPrefix}/mcp`;
+  const gate = new CredentialGate(options);
 
   const newSession = async (): Promise<StreamableSession> => {
     const standalone = new StandaloneStream();
@@ -660,7 +793,7 @@ async function startStreamableServer(
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const sessionId = headerValue(req, 'mcp-session-id');
-    received.recordHttp(req, url, sessionId);
+    if (!(await admit(gate, received, req, res, url, sessionId))) return;
     if (url.pathname !== endpointPath) {
       sendText(res, 404, `Not found: ${url.pathname}`);
       return;
@@ -702,6 +835,9 @@ async function startStreamableServer(
     received,
     url: (path = endpointPath) => `http://127.0.0.1:${port}${path}`,
     openSessions: () => sessions.size,
+    rejectAllTokens: (on) => {
+      gate.rejectAll(on);
+    },
     close: async () => {
       await Promise.all([...sessions.values()].map((s) => s.mcp.close()));
       sessions.clear();
@@ -743,11 +879,12 @@ export async function startLegacySseServer(options: PrefixOptions = {}): Promise
   const sessions = new Map<string, { mcp: McpServer; transport: SSEServerTransport }>();
   const ssePath = `${pathPrefix}/sse`;
   const messagesPath = `${pathPrefix}/messages`;
+  const gate = new CredentialGate();
 
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const sessionId = url.searchParams.get('sessionId') ?? undefined;
-    received.recordHttp(req, url, sessionId);
+    if (!(await admit(gate, received, req, res, url, sessionId))) return;
     if (url.pathname === ssePath && req.method === 'GET') {
       // eslint-disable-next-line @typescript-eslint/no-deprecated -- the legacy transport is the point
       const transport = new SSEServerTransport(messagesPath, res);
@@ -786,6 +923,9 @@ export async function startLegacySseServer(options: PrefixOptions = {}): Promise
     received,
     url: (path = ssePath) => `http://127.0.0.1:${port}${path}`,
     openSessions: () => sessions.size,
+    rejectAllTokens: (on) => {
+      gate.rejectAll(on);
+    },
     close: async () => {
       await Promise.all([...sessions.values()].map((s) => s.mcp.close()));
       sessions.clear();
@@ -904,10 +1044,11 @@ export async function startEverythingServer(options: EverythingServerOptions = {
 
   const received = new ReceivedLog();
   const endpointPath = mode === 'sse' ? '/sse' : '/mcp';
+  const gate = new CredentialGate();
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const sessionId = headerValue(req, 'mcp-session-id') ?? url.searchParams.get('sessionId') ?? undefined;
-    received.recordHttp(req, url, sessionId);
+    if (!(await admit(gate, received, req, res, url, sessionId))) return;
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks);
@@ -946,6 +1087,9 @@ export async function startEverythingServer(options: EverythingServerOptions = {
     received,
     url: (path = endpointPath) => `http://127.0.0.1:${port}${path}`,
     openSessions: () => undefined,
+    rejectAllTokens: (on) => {
+      gate.rejectAll(on);
+    },
     close: async () => {
       await closeHttp(server);
       if (running.exitCode === null && running.signalCode === null) {
