@@ -126,6 +126,25 @@ export const ERRORS = {
     fault: 'client',
     summary: 'The call needs scopes the token lacks; WWW-Authenticate names them so the client can step up.',
   },
+  ERR_CREDENTIAL_UNAVAILABLE: {
+    httpStatus: 503,
+    rpcCode: -32603,
+    fault: 'server',
+    summary:
+      "No credential for the MCP server could be obtained: the identity provider's token endpoint is unreachable, too slow, answered an error, or refused the gateway's own client authentication; or the configured secret is missing. The caller's token is never sent instead.",
+  },
+  ERR_CREDENTIAL_REFUSED: {
+    httpStatus: 403,
+    rpcCode: -32003,
+    fault: 'client',
+    summary: 'The identity provider refused to issue a credential for this user and server (invalid_grant, unauthorized_client, …); the message gives its reason.',
+  },
+  ERR_UPSTREAM_CREDENTIAL_REJECTED: {
+    httpStatus: 503,
+    rpcCode: -32603,
+    fault: 'server',
+    summary: 'The MCP server answered 401 to the credential the gateway sent. A cached credential is dropped, so retrying (Retry-After) gets a fresh one.',
+  },
   ERR_INTERNAL: {
     httpStatus: 500,
     rpcCode: -32603,
@@ -152,6 +171,8 @@ export interface GatewayErrorOptions {
   readonly ruleId?: string | undefined;
   /** The refusal already has its audit records (a denial writes one per message it refuses). */
   readonly audited?: boolean | undefined;
+  /** Sent as Retry-After: the failure is expected to clear by itself. */
+  readonly retryAfterSeconds?: number | undefined;
 }
 
 /** A failure with a stable code. Thrown by any layer; turned into a client answer in one place. */
@@ -163,6 +184,7 @@ export class GatewayError extends Error {
   readonly challenge: BearerChallenge | undefined;
   readonly ruleId: string | undefined;
   readonly audited: boolean;
+  readonly retryAfterSeconds: number | undefined;
 
   constructor(code: ErrorCode, message: string, options: GatewayErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -173,6 +195,7 @@ export class GatewayError extends Error {
     this.challenge = options.challenge;
     this.ruleId = options.ruleId;
     this.audited = options.audited ?? false;
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 
   /** The same error, answering a given request id and/or carrying a challenge. */
@@ -183,6 +206,7 @@ export class GatewayError extends Error {
       challenge: options.challenge ?? this.challenge,
       ruleId: options.ruleId ?? this.ruleId,
       audited: options.audited ?? this.audited,
+      retryAfterSeconds: options.retryAfterSeconds ?? this.retryAfterSeconds,
     });
   }
 }

@@ -15,6 +15,9 @@ import type { Settings } from './config/settings.ts';
 import { watchGovernance } from './config/watch.ts';
 import type { ProcessorContext } from './envoy/exchange.ts';
 import { startGrpcServer, type Dispatch } from './envoy/server.ts';
+import { CredentialBroker } from './credentials/broker.ts';
+import { CredentialCache } from './credentials/cache.ts';
+import { parseKeyRing } from './credentials/seal.ts';
 import { GatewayError } from './errors.ts';
 import { Revocations } from './identity/revocation.ts';
 import { TokenVerifier } from './identity/verifier.ts';
@@ -64,6 +67,29 @@ function verifierFor(doc: CompiledDocument, metrics: Metrics): TokenVerifier | u
   return id === undefined ? undefined : new TokenVerifier(id.issuers, { clockSkewSeconds: id.clockSkewSeconds, onResult: (r) => metrics.tokenVerification(r) });
 }
 
+function createCredentialCache(settings: Settings, state: SharedState, metrics: Metrics, log: Logger): CredentialCache {
+  const keyRing = settings.credentialCacheKeys === '' ? undefined : parseKeyRing(settings.credentialCacheKeys);
+  if (state.kind === 'redis' && keyRing === undefined) {
+    log.warn('downstream credentials are cached per replica: set --credential-cache-keys to share them (encrypted) through Redis');
+  }
+  let warnedAt = 0;
+  return new CredentialCache({
+    state,
+    keyRing,
+    events: {
+      corrupt: () => metrics.credentialFailure('', 'cache_corrupt'),
+      sharedStateError: (err) => {
+        metrics.credentialFailure('', 'cache_unavailable');
+        // Once a minute at most: with Redis down, every miss would say it.
+        if (Date.now() - warnedAt > 60_000) {
+          warnedAt = Date.now();
+          log.warn({ err: (err as Error).message }, 'credential cache: shared state unavailable; using the local cache and the IdP');
+        }
+      },
+    },
+  });
+}
+
 export async function startService(settings: Settings, options: ServiceOptions = {}): Promise<Service> {
   const log = options.log ?? createLogger(settings.logLevel);
   let document: CompiledDocument = loadGovernance(settings.configFile);
@@ -94,6 +120,8 @@ export async function startService(settings: Settings, options: ServiceOptions =
   const failureMode = document.identity?.failureMode ?? 'closed';
   const revocations = new Revocations(state, { failureMode, clockSkewSeconds: document.identity?.clockSkewSeconds ?? 0 });
   await revocations.ready();
+  const credentials = new CredentialBroker(createCredentialCache(settings, state, metrics, log), metrics, log);
+  revocations.onRevoked((r) => void credentials.revoked(r));
 
   const ctx: ProcessorContext = {
     document: () => document,
@@ -112,6 +140,7 @@ export async function startService(settings: Settings, options: ServiceOptions =
       }
     },
     observer: options.observer === undefined ? metrics : allOf(metrics, options.observer),
+    credentials,
     auditor,
     metrics,
     log,

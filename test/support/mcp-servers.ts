@@ -92,6 +92,8 @@ export interface ReceivedHttpRequest extends AuthOutcome {
   readonly lastEventId: string | undefined;
   /** The Authorization header the server received, if any. */
   readonly authorization: string | undefined;
+  /** Every header, as Node joined them (lower-case names). */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
 }
 
 export class ReceivedLog {
@@ -131,6 +133,7 @@ export class ReceivedLog {
       sessionId,
       lastEventId: typeof lastEventId === 'string' ? lastEventId : undefined,
       authorization: req.headers.authorization,
+      headers: { ...req.headers },
       ...(auth.token === undefined ? {} : { token: auth.token }),
       ...(auth.rejected === undefined ? {} : { rejected: auth.rejected }),
     });

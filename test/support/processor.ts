@@ -55,6 +55,7 @@ export async function startTestProcessor(
     configPollSeconds: 0,
     otlpEndpoint: '',
     auditSalt: 'test-salt',
+    credentialCacheKeys: '',
     ...options.settings,
   };
   const { settings: _settings, ...rest } = options;

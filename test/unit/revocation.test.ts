@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { GatewayError } from '../../ext-proc/src/errors.ts';
 import type { Caller } from '../../ext-proc/src/identity/principal.ts';
 import { Revocations, type RevocationRecord } from '../../ext-proc/src/identity/revocation.ts';
-import { MemoryState, keys, type MessageHandler, type SharedState, type SubscribeOptions, type Unsubscribe } from '../../ext-proc/src/state/store.ts';
+import { MemoryState, keys } from '../../ext-proc/src/state/store.ts';
+import { UnreliableState } from '../support/unreliable-state.ts';
 
 const ISSUER = 'https://idp.example.com';
 const T0 = Date.UTC(2026, 0, 15, 9, 0, 0, 500); // revocations are made half-way through a second
@@ -52,51 +53,6 @@ async function refusal(p: Promise<unknown>): Promise<GatewayError> {
 }
 
 /** The in-memory store, made unreachable or slow on demand (the real outage is tested against Valkey). */
-class UnreliableState implements SharedState {
-  readonly kind = 'memory';
-  readonly inner = new MemoryState();
-  down = false;
-  gets = 0;
-  /** When set, get() waits for it before answering (with what the store held when get() was called). */
-  gate: Promise<void> | undefined;
-
-  async get(key: string): Promise<string | undefined> {
-    this.gets += 1;
-    this.#fail();
-    const gate = this.gate;
-    const value = await this.inner.get(key);
-    if (gate !== undefined) await gate;
-    return value;
-  }
-  set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    this.#fail();
-    return this.inner.set(key, value, ttlSeconds);
-  }
-  delete(key: string): Promise<void> {
-    this.#fail();
-    return this.inner.delete(key);
-  }
-  keysWithPrefix(prefix: string, limit?: number): Promise<string[]> {
-    this.#fail();
-    return this.inner.keysWithPrefix(prefix, limit);
-  }
-  publish(channel: string, message: string): Promise<void> {
-    this.#fail();
-    return this.inner.publish(channel, message);
-  }
-  subscribe(channel: string, handler: MessageHandler, options?: SubscribeOptions): Promise<Unsubscribe> {
-    return this.inner.subscribe(channel, handler, options);
-  }
-  healthy(): boolean {
-    return !this.down;
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-  #fail(): void {
-    if (this.down) throw new Error('connect ECONNREFUSED 127.0.0.1:6379');
-  }
-}
 
 describe('Revocations.check', () => {
   it('accepts a caller about whom nothing is revoked', async () => {

@@ -43,6 +43,9 @@ export class Metrics implements Observer {
   readonly #revocationChecks: Counter<'result'>;
   readonly #auditRecords: Counter<'format'>;
   readonly #auditDropped: Counter;
+  readonly #credentialLookups: Counter<'server' | 'strategy' | 'source'>;
+  readonly #credentialFetches: Histogram<'strategy' | 'outcome'>;
+  readonly #credentialFailures: Counter<'server' | 'reason'>;
   readonly #knownTools = new Map<string, Set<string>>();
 
   constructor() {
@@ -92,6 +95,37 @@ export class Metrics implements Observer {
       help: 'Audit records the sink could not take (it could not keep up); never silent: a warning is logged too.',
       registers,
     });
+    this.#credentialLookups = new Counter({
+      name: 'mcp_ext_proc_credential_lookups_total',
+      help: 'Downstream credentials handed out, by where they came from: l1 (this replica), l2 (shared state), exchanged (the IdP), coalesced (another request\'s exchange), static.',
+      labelNames: ['server', 'strategy', 'source'],
+      registers,
+    });
+    this.#credentialFetches = new Histogram({
+      name: 'mcp_ext_proc_credential_exchange_duration_seconds',
+      help: 'Token endpoint requests (token exchange, client credentials), by outcome: ok, refused, unavailable.',
+      labelNames: ['strategy', 'outcome'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.#credentialFailures = new Counter({
+      name: 'mcp_ext_proc_credential_failures_total',
+      help: 'Downstream credential problems, by reason: unreachable, timeout, idp_error, client_rejected, secret_missing, refused, upstream_rejected, cache_corrupt, cache_unavailable.',
+      labelNames: ['server', 'reason'],
+      registers,
+    });
+  }
+
+  credentialLookup(server: string, strategy: string, source: string): void {
+    this.#credentialLookups.inc({ server, strategy, source });
+  }
+
+  credentialFetch(strategy: string, outcome: 'ok' | 'refused' | 'unavailable', seconds: number): void {
+    this.#credentialFetches.observe({ strategy, outcome }, seconds);
+  }
+
+  credentialFailure(server: string, reason: string): void {
+    this.#credentialFailures.inc({ server, reason });
   }
 
   streamOpened(): void {

@@ -13,6 +13,7 @@ import policySchema from '../policy/policy.schema.json' with { type: 'json' };
 import auditSchema from '../audit/audit.schema.json' with { type: 'json' };
 import type { AuditFormat, AuditSection, SinkSection } from '../audit/record.ts';
 import { compileRedaction, type Redactor } from '../audit/redact.ts';
+import { compileCredential, type CredentialInput, type CredentialPlan } from '../credentials/plan.ts';
 import type { CompiledPolicy } from '../policy/types.ts';
 import schema from './governance.schema.json' with { type: 'json' };
 
@@ -24,6 +25,7 @@ interface ServerInput {
   readonly authentication?: 'required' | 'none';
   readonly scopes?: readonly string[];
   readonly authorizationServers?: readonly string[];
+  readonly credential?: CredentialInput;
 }
 
 interface IssuerInput {
@@ -67,6 +69,8 @@ export interface ServerSpec {
   readonly scopes: readonly string[];
   /** Issuer URLs (for the Protected Resource Metadata). */
   readonly authorizationServers: readonly string[];
+  /** What the server receives in place of the caller's token. */
+  readonly credential: CredentialPlan;
 }
 
 export interface IdentitySettings {
@@ -98,7 +102,7 @@ export class ConfigError extends Error {
   override readonly name = 'ConfigError';
 }
 
-const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true });
+const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true, discriminator: true });
 addFormats.default(ajv);
 ajv.addSchema(policySchema);
 ajv.addSchema(auditSchema);
@@ -194,6 +198,7 @@ function compileServer(s: ServerInput, i: number, identity: IdentitySettings | u
     authenticate,
     scopes: s.scopes ?? [],
     authorizationServers,
+    credential: compileCredential(s.credential, `servers[${i}].credential`, identity?.issuers ?? [], authenticate),
   };
 }
 

@@ -2,6 +2,7 @@
 // a bad value stops the process with a message naming the flag and the variable.
 
 import { parseArgs } from 'node:util';
+import { parseKeyRing } from '../credentials/seal.ts';
 
 export interface Settings {
   readonly configFile: string;
@@ -22,6 +23,8 @@ export interface Settings {
   readonly otlpEndpoint: string;
   /** Key for hashing session ids in audit records; the same on every replica so hashes match. */
   readonly auditSalt: string;
+  /** `id:base64key,…` sealing cached downstream credentials in Redis; empty: they are not shared. */
+  readonly credentialCacheKeys: string;
 }
 
 interface Option {
@@ -45,6 +48,12 @@ export const OPTIONS = {
   redisCommandTimeoutMs: { flag: 'redis-command-timeout-ms', env: 'MCP_EXT_PROC_REDIS_COMMAND_TIMEOUT_MS', fallback: '300', help: 'a Redis command slower than this counts as Redis being down' },
   otlpEndpoint: { flag: 'otlp-endpoint', env: 'MCP_EXT_PROC_OTLP_ENDPOINT', fallback: '', help: 'export one span per MCP call to this OTLP/HTTP traces URL (empty: off)' },
   auditSalt: { flag: 'audit-salt', env: 'MCP_EXT_PROC_AUDIT_SALT', fallback: 'mcp-ext-proc', help: 'key for hashing session ids in audit records (set the same secret on every replica)' },
+  credentialCacheKeys: {
+    flag: 'credential-cache-keys',
+    env: 'MCP_EXT_PROC_CREDENTIAL_CACHE_KEYS',
+    fallback: '',
+    help: 'id:base64key[,id:base64key…] (32-byte keys; the first seals) encrypting downstream credentials cached in Redis (empty: each replica keeps its own)',
+  },
   configPollSeconds: { flag: 'config-poll-seconds', env: 'MCP_EXT_PROC_CONFIG_POLL_SECONDS', fallback: '2', help: 'how often the governance document is checked for changes (0: never)' },
 } as const satisfies Record<keyof Settings, Option>;
 
@@ -93,5 +102,16 @@ export function parseSettings(argv: readonly string[], env: NodeJS.ProcessEnv): 
     configPollSeconds: int('configPollSeconds', 0, 3600),
     otlpEndpoint: raw('otlpEndpoint') || (env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] ?? ''),
     auditSalt: raw('auditSalt'),
+    credentialCacheKeys: keyRing(raw('credentialCacheKeys')),
   };
+}
+
+function keyRing(text: string): string {
+  if (text === '') return text;
+  try {
+    parseKeyRing(text);
+  } catch (err) {
+    throw new SettingsError(`--${OPTIONS.credentialCacheKeys.flag} / ${OPTIONS.credentialCacheKeys.env}: ${(err as Error).message}`);
+  }
+  return text;
 }

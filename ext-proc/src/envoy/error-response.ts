@@ -14,6 +14,7 @@ export function errorResponse(err: GatewayError, meta: Record<string, string | u
   const message = `${err.message} (${err.code})`;
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (err.challenge !== undefined) headers['www-authenticate'] = bearerChallenge(err.challenge);
+  if (err.retryAfterSeconds !== undefined) headers['retry-after'] = String(err.retryAfterSeconds);
   return {
     immediate_response: {
       status: { code: httpStatus },

@@ -13,6 +13,7 @@ import type { RpcMessage } from '../mcp/jsonrpc.ts';
 import type { SseParser } from '../mcp/sse.ts';
 import { principalKey, type Caller } from '../identity/principal.ts';
 import type { Revocations } from '../identity/revocation.ts';
+import type { Credential, CredentialBroker } from '../credentials/broker.ts';
 import type { TokenVerifier } from '../identity/verifier.ts';
 import { keys, type SharedState } from '../state/store.ts';
 import type { Decision } from '../policy/types.ts';
@@ -30,6 +31,8 @@ export interface ProcessorContext {
    */
   sharedStateCall<T>(call: () => Promise<T>): Promise<T | undefined>;
   readonly observer: Observer;
+  /** Downstream credentials: what each request carries upstream in place of the caller's token. */
+  readonly credentials: CredentialBroker;
   readonly auditor: Auditor;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -83,6 +86,16 @@ export class Exchange {
   sse: SseParser | undefined;
   /** Bytes of earlier chunks held back by the SSE parser and not yet sent on. */
   heldBytes = 0;
+  /** The downstream credential lookup started at request headers, awaited when the body is in. */
+  credentialLookup: Promise<Credential> | undefined;
+  credentialReady = false;
+  /** The credential the upstream request went out with. */
+  credential: Credential | undefined;
+  /**
+   * Asks Envoy for more time on the message being processed (override_message_timeout); set by the
+   * stream loop. Envoy honours it once per message, up to its max_message_timeout.
+   */
+  askForTime: (ms: number) => void = () => undefined;
 
   constructor(ctx: ProcessorContext, routeServerHeader: string | undefined) {
     this.ctx = ctx;
@@ -176,11 +189,41 @@ export class Exchange {
   }
 
   /** The upstream answered with no JSON-RPC to read (an HTTP error page, say): every open call ends here. */
-  upstreamFailed(httpStatus: number): void {
+  upstreamFailed(httpStatus: number, errorCode?: GatewayError['code']): void {
     for (const call of this.pending.values()) {
-      this.ctx.auditor.finish(call, { outcome: 'upstream_error', httpStatus, upstreamAtMs: this.upstreamAtMs });
+      this.ctx.auditor.finish(call, { outcome: 'upstream_error', httpStatus, upstreamAtMs: this.upstreamAtMs, ...(errorCode === undefined ? {} : { errorCode }) });
     }
     this.pending.clear();
+  }
+
+  /** Starts finding the credential this request will carry upstream (it overlaps with the body's arrival). */
+  startCredentialLookup(server: ServerSpec): void {
+    const bearer = /^bearer\s+(\S+)\s*$/i.exec(this.requestHeaders.get('authorization') ?? '')?.[1];
+    const lookup = this.ctx.credentials.obtain(server, this.caller, bearer);
+    this.credentialLookup = lookup;
+    // Settled before anyone awaits it (a failure is thrown where it is awaited, not reported as unhandled).
+    lookup.then(
+      () => {
+        this.credentialReady = true;
+      },
+      () => {
+        this.credentialReady = true;
+      },
+    );
+  }
+
+  /** The credential, once found; a slow lookup first asks Envoy to wait up to the token endpoint's timeout. */
+  async awaitCredential(): Promise<Credential | undefined> {
+    const lookup = this.credentialLookup;
+    if (lookup === undefined) return undefined;
+    const plan = this.server?.credential;
+    if (!this.credentialReady && plan !== undefined && (plan.kind === 'tokenExchange' || plan.kind === 'clientCredentials')) {
+      this.askForTime(plan.timeoutMs + 1000);
+    }
+    const credential = await lookup;
+    this.credential = credential;
+    this.meta['credential'] = `${credential.strategy}/${credential.source}`;
+    return credential;
   }
 
   /** A refusal that no denial has recorded yet gets its record here (on every path, never twice). */

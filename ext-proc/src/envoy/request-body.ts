@@ -2,7 +2,7 @@
 // and remember each request so its response can be recognised.
 
 import { brotliDecompressSync, gunzipSync, inflateSync } from 'node:zlib';
-import { GatewayError } from '../errors.ts';
+import { GatewayError, toGatewayError } from '../errors.ts';
 import { parseJsonRpc, type RpcMessage } from '../mcp/jsonrpc.ts';
 import { allowsBatches, DEFAULT_VERSION, mirrorsHeaders } from '../mcp/version.ts';
 import { resourceMetadataUrl } from '../identity/resource-metadata.ts';
@@ -10,8 +10,8 @@ import { denialMessage, policyRequestFor } from '../policy/enforce.ts';
 import type { Decision } from '../policy/types.ts';
 import { keys } from '../state/store.ts';
 import type { Exchange } from './exchange.ts';
-import { metadata } from './headers.ts';
-import type { HttpBody, ProcessingResponse } from './types.ts';
+import { metadata, mutation } from './headers.ts';
+import type { CommonResponse, HttpBody, ProcessingResponse } from './types.ts';
 
 export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const limit = ex.ctx.document().maxRequestBodyBytes;
@@ -43,13 +43,25 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
     }
     throw denial.with({ audited: true });
   }
+  let response: CommonResponse = {};
+  try {
+    const credential = await ex.awaitCredential();
+    if (credential !== undefined) response = { header_mutation: mutation(credential.headers) };
+  } catch (err) {
+    // Without its credential nothing is forwarded, and never with the caller's token instead.
+    const refusal = toGatewayError(err);
+    for (const call of calls) {
+      ex.ctx.auditor.finish(call, { outcome: 'rejected', errorCode: refusal.code, rpcErrorCode: refusal.spec.rpcCode, httpStatus: refusal.spec.httpStatus });
+    }
+    throw refusal.with({ audited: true });
+  }
   for (const [i, m] of parsed.messages.entries()) {
     const call = calls[i];
     if (call !== undefined) await ex.sawClientMessage(m, call);
   }
   const decision = [...decisions.values()].at(-1);
   noteDecision(ex, decision);
-  return { request_body: { response: {} }, dynamic_metadata: metadata(ex) };
+  return { request_body: { response }, dynamic_metadata: metadata(ex) };
 }
 
 /** What access logs see: `%DYNAMIC_METADATA(mcp_ext_proc:method)%`, `…:tool`, `…:name`. */

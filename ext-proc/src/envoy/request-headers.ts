@@ -63,17 +63,32 @@ export async function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Re
   // Responses are inspected, so they must arrive uncompressed; clients see the same content either way.
   if (headers.has('accept-encoding')) remove.push('accept-encoding');
   // CORS preflights carry no credentials and must not be challenged.
-  if (server.authenticate && ex.httpMethod !== 'OPTIONS') {
-    await authenticateCaller(ex, server, attrs);
-    // The caller's token is for the gateway; it never goes to the MCP server.
-    if (headers.has('authorization')) remove.push('authorization');
-  }
+  if (server.authenticate && ex.httpMethod !== 'OPTIONS') await authenticateCaller(ex, server, attrs);
+  // The caller's token is for the gateway; it never goes to the MCP server, whatever the server's
+  // credential. Nor does anything a client put in the headers the credential goes in.
+  for (const name of credentialHeaders(server)) if (headers.has(name)) remove.push(name);
 
-  const header_mutation: HeaderMutation = remove.length > 0 ? { remove_headers: remove } : {};
+  let header_mutation: HeaderMutation = remove.length > 0 ? { remove_headers: remove } : {};
+  if (server.credential.kind !== 'none' && ex.httpMethod !== 'OPTIONS') {
+    ex.startCredentialLookup(server);
+    // A request with a body gets its credential with the body's answer; one without (GET, DELETE) now.
+    if (ex.httpMethod !== 'POST' || msg.end_of_stream === true) {
+      const credential = await ex.awaitCredential();
+      if (credential !== undefined) header_mutation = mutation(credential.headers, remove);
+    }
+  }
   return {
     request_headers: { response: { header_mutation } },
     dynamic_metadata: metadata(ex),
   };
+}
+
+function credentialHeaders(server: ServerSpec): string[] {
+  const plan = server.credential;
+  const names = ['authorization'];
+  if (plan.kind !== 'none' && plan.header !== 'authorization') names.push(plan.header);
+  if (plan.kind === 'clientCredentials' && plan.userHeader !== undefined) names.push(plan.userHeader.name);
+  return names;
 }
 
 async function authenticateCaller(ex: Exchange, server: ServerSpec, attrs: Record<string, PbStruct> | undefined): Promise<void> {

@@ -1,5 +1,8 @@
 // Phase 3, response headers: decide per response whether and how its body comes to the processor.
 
+import type { ServerSpec } from '../config/document.ts';
+import type { Credential } from '../credentials/broker.ts';
+import { GatewayError } from '../errors.ts';
 import { SseParser } from '../mcp/sse.ts';
 import type { Exchange } from './exchange.ts';
 import { headerMap, mediaType } from './headers.ts';
@@ -19,6 +22,8 @@ export async function onResponseHeaders(ex: Exchange, msg: HttpHeaders): Promise
     ex.session = created;
     await ex.bindSession(created);
   }
+
+  if (status === 401 && ex.credential !== undefined && ex.server !== undefined) await credentialRejected(ex, ex.server, ex.credential);
 
   let mode: BodySendMode = 'NONE';
   if (msg.end_of_stream !== true) {
@@ -46,4 +51,23 @@ export async function onResponseHeaders(ex: Exchange, msg: HttpHeaders): Promise
     // Envoy takes both body modes of an override literally, so the request mode is restated.
     mode_override: { request_body_mode: 'BUFFERED', response_body_mode: mode },
   };
+}
+
+/**
+ * The server refused the credential the gateway sent. Its challenge is about the gateway's credential,
+ * not the caller's token, so the client must not see it (it would start an OAuth flow for nothing):
+ * the cached credential goes, and the client is told to retry, which fetches a fresh one.
+ */
+async function credentialRejected(ex: Exchange, server: ServerSpec, credential: Credential): Promise<never> {
+  const rpcId = ex.pending.size === 1 ? [...ex.pending.keys()][0] : undefined;
+  await ex.ctx.credentials.rejected(server, credential);
+  ex.upstreamFailed(401, 'ERR_UPSTREAM_CREDENTIAL_REJECTED');
+  const renewable = credential.key !== undefined;
+  throw new GatewayError(
+    'ERR_UPSTREAM_CREDENTIAL_REJECTED',
+    renewable
+      ? `MCP server "${server.name}" rejected the gateway's ${credential.strategy} credential; it has been dropped, retry to get a fresh one`
+      : `MCP server "${server.name}" rejected the gateway's ${credential.strategy} credential; its configured value needs fixing`,
+    { rpcId, audited: true, retryAfterSeconds: renewable ? 1 : undefined },
+  );
 }

@@ -72,6 +72,9 @@ export function processHandler(ctx: ProcessorContext, handle: Dispatch = dispatc
     open.opened();
     const routeServer = call.metadata.get(ROUTE_SERVER_HEADER)[0];
     const ex = new Exchange(ctx, typeof routeServer === 'string' ? routeServer : undefined);
+    ex.askForTime = (ms) => {
+      if (!call.cancelled && call.writable) call.write({ override_message_timeout: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 } });
+    };
     ctx.observer.streamOpened();
     let chain: Promise<void> = Promise.resolve();
     let answeredWithError = false;

@@ -77,4 +77,6 @@ export interface ProcessingResponse {
   immediate_response?: ImmediateResponse;
   dynamic_metadata?: PbStruct;
   mode_override?: ProcessingMode;
+  /** Sent on its own, not as an answer: Envoy restarts the current message's timer with this value. */
+  override_message_timeout?: { seconds: number; nanos: number };
 }

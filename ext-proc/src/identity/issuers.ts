@@ -170,11 +170,11 @@ export class IssuerKeys {
 }
 
 /** A failed round-trip to an IdP; the message names the URL and what went wrong. */
-class FetchFailure extends Error {
+export class FetchFailure extends Error {
   override readonly name = 'FetchFailure';
 }
 
-async function fetchJson(url: string, signal: AbortSignal, timeoutMs: number, what: string): Promise<unknown> {
+export async function fetchJson(url: string, signal: AbortSignal, timeoutMs: number, what: string): Promise<unknown> {
   let text: string;
   try {
     // Redirects are not followed: a JWKS is trusted for what it contains, so it must come from the
@@ -198,7 +198,7 @@ async function fetchJson(url: string, signal: AbortSignal, timeoutMs: number, wh
 }
 
 /** fetch() says only "fetch failed"; the reason (ECONNREFUSED, ENOTFOUND, …) is in its cause. */
-function networkReason(err: unknown): string {
+export function networkReason(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const cause: unknown = err.cause;
   if (cause instanceof Error) {

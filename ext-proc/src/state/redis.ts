@@ -264,8 +264,20 @@ export class RedisState implements SharedState {
     });
   }
 
-  async keysWithPrefix(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<string[]> {
-    const pattern = `${escapeGlob(this.#prefix + prefix)}*`;
+  setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const ttlMs = Math.max(1, Math.round(ttlSeconds * 1000));
+    return this.#run('SET', async () => (await this.#commands.set(this.#prefix + key, value, 'PX', ttlMs, 'NX')) === 'OK');
+  }
+
+  keysWithPrefix(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<string[]> {
+    return this.#scan(`${escapeGlob(this.#prefix + prefix)}*`, limit);
+  }
+
+  keysMatching(pattern: string, limit = Number.POSITIVE_INFINITY): Promise<string[]> {
+    return this.#scan(escapeGlob(this.#prefix) + pattern, limit);
+  }
+
+  async #scan(pattern: string, limit: number): Promise<string[]> {
     const nodes = this.#commands instanceof Cluster ? this.#commands.nodes('master') : [this.#commands];
     if (nodes.length === 0) {
       throw new GatewayError('ERR_STATE_UNAVAILABLE', 'shared state (Redis) is unavailable: no cluster node is known');

@@ -9,8 +9,19 @@ export interface SharedState {
   get(key: string): Promise<string | undefined>;
   set(key: string, value: string, ttlSeconds: number): Promise<void>;
   delete(key: string): Promise<void>;
+  /**
+   * Sets `key` only if it does not exist (a lock that lapses after `ttlSeconds`); true when this call set it.
+   * Shared state is not a consensus system: after a failover a second holder is possible, so a lock only
+   * saves work, it never guards correctness.
+   */
+  setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean>;
   /** Keys that start with `prefix` (for admin listings, not the hot path); at most `limit` of them. */
   keysWithPrefix(prefix: string, limit?: number): Promise<string[]>;
+  /**
+   * Keys matching a pattern whose only wildcard is `*` (any run of characters); the literal parts must
+   * not contain glob characters (`*?[]\\`). Not for the hot path.
+   */
+  keysMatching(pattern: string, limit?: number): Promise<string[]>;
   /** Delivers `message` to every subscriber of `channel` on every replica (including this one). */
   publish(channel: string, message: string): Promise<void>;
   /**
@@ -65,6 +76,22 @@ export class MemoryState implements SharedState {
   delete(key: string): Promise<void> {
     this.#entries.delete(key);
     return Promise.resolve();
+  }
+
+  setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    if (this.#entries.has(key)) return Promise.resolve(false);
+    this.#entries.set(key, value, { ttl: ttlSeconds * 1000 });
+    return Promise.resolve(true);
+  }
+
+  keysMatching(pattern: string, limit = Number.POSITIVE_INFINITY): Promise<string[]> {
+    const re = new RegExp(`^${pattern.split('*').map((part) => part.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`);
+    const found: string[] = [];
+    for (const key of this.#entries.keys()) {
+      if (found.length >= limit) break;
+      if (re.test(key)) found.push(key);
+    }
+    return Promise.resolve(found);
   }
 
   keysWithPrefix(prefix: string, limit = Number.POSITIVE_INFINITY): Promise<string[]> {
@@ -133,6 +160,10 @@ export const keys = {
   revokedSubject: (issuer: string, subject: string) =>
     `mcp:rev:subject:${encodeURIComponent(issuer)}:${encodeURIComponent(subject)}`,
   revokedAgent: (agentId: string) => `mcp:rev:agent:${encodeURIComponent(agentId)}`,
+  /** Every cached downstream credential key starts with this (credentials/cache.ts composes the rest). */
+  credentialPrefix: 'mcp:cred:',
+  /** Held by the replica exchanging a token for a cache key, so that other replicas wait for its result. */
+  credentialLock: (cacheKey: string) => `mcp:credlock:${cacheKey}`,
 };
 
 /** Pub/sub channel names, likewise. */

@@ -1,0 +1,131 @@
+// Hands each upstream request the credential its server's plan calls for, from the cache when it can.
+// The caller's own token is an input to token exchange and nothing else: it is never an output.
+
+import type { Logger } from 'pino';
+import type { Metrics } from '../audit/metrics.ts';
+import type { ServerSpec } from '../config/document.ts';
+import { GatewayError } from '../errors.ts';
+import type { Caller } from '../identity/principal.ts';
+import type { RevocationRecord } from '../identity/revocation.ts';
+import { cacheKey, type CacheKey, type CacheSource, type CredentialCache } from './cache.ts';
+import type { CredentialKind, CredentialPlan, OAuthPlan } from './plan.ts';
+import { CredentialError, type IssuedToken } from './token-endpoint.ts';
+
+export interface Credential {
+  readonly strategy: CredentialKind;
+  /** Headers to set on the upstream request (lower-case names). */
+  readonly headers: Readonly<Record<string, string>>;
+  /** The cache entry it came from, to drop when the server rejects it. */
+  readonly key: CacheKey | undefined;
+  readonly source: CacheSource | 'static' | 'none';
+}
+
+const NONE: Credential = { strategy: 'none', headers: {}, key: undefined, source: 'none' };
+
+const EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
+export class CredentialBroker {
+  readonly #cache: CredentialCache;
+  readonly #metrics: Metrics;
+  readonly #log: Logger;
+
+  constructor(cache: CredentialCache, metrics: Metrics, log: Logger) {
+    this.#cache = cache;
+    this.#metrics = metrics;
+    this.#log = log;
+  }
+
+  /** The headers a request to `server` carries upstream. Throws a GatewayError when there is no credential. */
+  async obtain(server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Promise<Credential> {
+    const plan = server.credential;
+    try {
+      const credential = await this.#obtain(plan, server, caller, bearer);
+      if (credential.source !== 'none') this.#metrics.credentialLookup(server.name, plan.kind, credential.source === 'fetched' ? 'exchanged' : credential.source);
+      return credential;
+    } catch (err) {
+      const reason = err instanceof CredentialError ? err.reason : err instanceof GatewayError ? 'secret_missing' : 'internal';
+      this.#metrics.credentialFailure(server.name, reason);
+      if (!(err instanceof GatewayError)) throw err;
+      // The message names the server: one client talks to many through the same gateway.
+      const message = `no credential for MCP server "${server.name}": ${err.message}`;
+      this.#log.warn({ server: server.name, strategy: plan.kind, reason, err: err.message }, 'downstream credential unavailable');
+      throw new GatewayError(err.code, message, { cause: err, retryAfterSeconds: err.code === 'ERR_CREDENTIAL_UNAVAILABLE' ? 1 : undefined });
+    }
+  }
+
+  /** The server answered 401 to this credential: it must not be handed out again. */
+  async rejected(server: ServerSpec, credential: Credential): Promise<void> {
+    this.#metrics.credentialFailure(server.name, 'upstream_rejected');
+    this.#log.warn({ server: server.name, strategy: credential.strategy, source: credential.source }, 'MCP server rejected the gateway credential');
+    if (credential.key !== undefined) await this.#cache.drop(credential.key);
+  }
+
+  /** Drops what a revocation covers (called on every replica when it is announced). */
+  async revoked(r: RevocationRecord): Promise<void> {
+    const dropped = await this.#cache.dropRevoked(r);
+    if (dropped > 0) this.#log.info({ revocation: r.kind, dropped }, 'cached downstream credentials dropped');
+  }
+
+  async #obtain(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Promise<Credential> {
+    switch (plan.kind) {
+      case 'none':
+        return NONE;
+      case 'staticSecret':
+        return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + plan.secret.value() }, key: undefined, source: 'static' };
+      case 'tokenExchange': {
+        if (caller === undefined || bearer === undefined) throw new Error(`server ${server.name}: token exchange without an authenticated caller`);
+        const user = caller.user;
+        const key = cacheKey({ principal: `${user.issuer}|${user.subject}`, agent: caller.agent.id === '' ? undefined : caller.agent.id, token: user.tokenId ?? bearer }, [
+          server.name,
+          ...plan.fingerprint,
+          plan.subjectTokenType,
+          bearer,
+        ]);
+        const form: Record<string, string> = {
+          grant_type: EXCHANGE_GRANT,
+          subject_token: bearer,
+          subject_token_type: plan.subjectTokenType,
+          requested_token_type: ACCESS_TOKEN_TYPE,
+          ...target(plan),
+        };
+        const got = await this.#cache.get(key, plan.marginMs, plan.timeoutMs, () => this.#fetch(plan, 'tokenExchange', form));
+        return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + got.token }, key, source: got.source };
+      }
+      case 'clientCredentials': {
+        // The gateway's own credential: one per server and configuration, whoever calls.
+        const key = cacheKey({ principal: undefined, agent: undefined, token: undefined }, [server.name, ...plan.fingerprint]);
+        const form = { grant_type: 'client_credentials', ...target(plan) };
+        const got = await this.#cache.get(key, plan.marginMs, plan.timeoutMs, () => this.#fetch(plan, 'clientCredentials', form));
+        const headers: Record<string, string> = { [plan.header]: plan.prefix + got.token };
+        if (plan.userHeader !== undefined && caller !== undefined) {
+          const who = plan.userHeader.value === 'email' ? caller.user.email : caller.user.subject;
+          if (who !== undefined) headers[plan.userHeader.name] = who;
+        }
+        return { strategy: plan.kind, headers, key, source: got.source };
+      }
+    }
+  }
+
+  async #fetch(plan: OAuthPlan, strategy: CredentialKind, form: Record<string, string>): Promise<IssuedToken> {
+    const started = process.hrtime.bigint();
+    const seconds = (): number => Number(process.hrtime.bigint() - started) / 1e9;
+    try {
+      const issued = await plan.endpoint.request(form);
+      this.#metrics.credentialFetch(strategy, 'ok', seconds());
+      return issued;
+    } catch (err) {
+      this.#metrics.credentialFetch(strategy, err instanceof GatewayError && err.code === 'ERR_CREDENTIAL_REFUSED' ? 'refused' : 'unavailable', seconds());
+      throw err;
+    }
+  }
+}
+
+/** RFC 8693 audience / RFC 8707 resource and scope, as configured. */
+function target(plan: OAuthPlan): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (plan.audience !== undefined) out['audience'] = plan.audience;
+  if (plan.resource !== undefined) out['resource'] = plan.resource;
+  if (plan.scopes.length > 0) out['scope'] = plan.scopes.join(' ');
+  return out;
+}
