@@ -59,6 +59,8 @@ export class CredentialError extends GatewayError {
 
 /** How long a failed discovery is remembered before the next request tries again. */
 const DISCOVERY_RETRY_MS = 1_000;
+/** How long an unreachable token endpoint is not tried again (requests fail at once meanwhile). */
+const OUTAGE_MEMORY_MS = 1_000;
 type SigningKey = Awaited<ReturnType<typeof importPKCS8>>;
 
 const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
@@ -70,14 +72,34 @@ export class TokenEndpoint {
   #discoveryFailedAt = Number.NEGATIVE_INFINITY;
   #discoveryFailure: CredentialError | undefined;
   #signingKey: { readonly pem: string; readonly key: SigningKey } | undefined;
+  #outage: { readonly at: number; readonly error: CredentialError } | undefined;
 
   constructor(options: TokenEndpointOptions) {
     this.#options = options;
     this.#url = options.url;
   }
 
-  /** POSTs a grant; resolves with the issued token or throws a CredentialError. */
+  /**
+   * POSTs a grant; resolves with the issued token or throws a CredentialError. After the endpoint could
+   * not be reached (refused, timed out), requests fail at once for OUTAGE_MEMORY_MS: in an outage every
+   * miss would otherwise hold its request for up to timeoutMs.
+   */
   async request(form: Readonly<Record<string, string>>): Promise<IssuedToken> {
+    const outage = this.#outage;
+    if (outage !== undefined && Date.now() - outage.at < OUTAGE_MEMORY_MS) {
+      throw new CredentialError('ERR_CREDENTIAL_UNAVAILABLE', outage.error.reason, `${outage.error.message} (${Date.now() - outage.at} ms ago; next attempt within ${OUTAGE_MEMORY_MS} ms)`);
+    }
+    try {
+      const issued = await this.#request(form);
+      this.#outage = undefined;
+      return issued;
+    } catch (err) {
+      if (err instanceof CredentialError && (err.reason === 'unreachable' || err.reason === 'timeout')) this.#outage = { at: Date.now(), error: err };
+      throw err;
+    }
+  }
+
+  async #request(form: Readonly<Record<string, string>>): Promise<IssuedToken> {
     const signal = AbortSignal.timeout(this.#options.timeoutMs);
     const url = this.#url ?? (await this.#discover(signal));
     const body = new URLSearchParams(form);
@@ -126,7 +148,8 @@ export class TokenEndpoint {
   async #authenticate(url: string, body: URLSearchParams, headers: Record<string, string>): Promise<void> {
     const client = this.#options.client;
     if (client.authMethod === 'private_key_jwt') {
-      const pem = client.privateKey?.value() ?? '';
+      // A key that cannot be read is secret_missing like an unset client secret, not an untyped failure.
+      const pem = client.privateKey === undefined ? '' : secretText(client.privateKey);
       let key: SigningKey;
       try {
         // Imported once per key text (a rotated file brings a new one).
@@ -208,8 +231,12 @@ async function discoverTokenEndpoint(issuer: string, signal: AbortSignal, timeou
 
 function secretValue(client: OAuthClient): string {
   if (client.secret === undefined) throw new CredentialError('ERR_CREDENTIAL_UNAVAILABLE', 'secret_missing', `client ${client.id} has no secret configured`);
+  return secretText(client.secret);
+}
+
+function secretText(secret: Secret): string {
   try {
-    return client.secret.value();
+    return secret.value();
   } catch (err) {
     throw new CredentialError('ERR_CREDENTIAL_UNAVAILABLE', 'secret_missing', (err as Error).message, { cause: err });
   }
