@@ -18,12 +18,18 @@ const METRICS: Record<string, readonly string[]> = {
   mcp_ext_proc_audit_records_dropped_total: [],
   mcp_ext_proc_streams_total: [],
   mcp_ext_proc_config_reloads_total: ['result'],
+  mcp_ext_proc_credential_lookups_total: ['server', 'strategy', 'source'],
+  mcp_ext_proc_credential_exchange_duration_seconds_bucket: ['strategy', 'outcome', 'le'],
+  mcp_ext_proc_credential_failures_total: ['server', 'reason'],
 };
 
 /** Label values the service can emit, for the labels whose values are a closed set. */
 const VALUES: Record<string, readonly string[]> = {
   decision: ['allow', 'deny', 'none'],
   phase: ['request_headers', 'request_body', 'response_headers', 'response_body'],
+  strategy: ['staticSecret', 'tokenExchange', 'clientCredentials'],
+  source: ['l1', 'l2', 'exchanged', 'coalesced', 'static'],
+  reason: ['unreachable', 'timeout', 'idp_error', 'client_rejected', 'secret_missing', 'refused', 'upstream_rejected', 'internal', 'cache_corrupt', 'cache_unavailable'],
 };
 const RESULT_VALUES: Record<string, readonly string[]> = {
   mcp_ext_proc_token_verifications_total: ['cache_hit', 'verified', 'failed'],
@@ -56,6 +62,12 @@ describe('Grafana dashboard helm/dashboards/mcp-ext-proc.json', () => {
   it('queries only metrics the service exposes', () => {
     const unknown = exprs.flatMap(({ where, expr }) => [...expr.matchAll(METRIC_NAME)].map((m) => m[0]).filter((name) => !(name in METRICS)).map((name) => `${where}: ${name}`));
     expect(unknown).toEqual([]);
+  });
+
+  it('lists only metrics the service registers (histograms by their _bucket series)', async () => {
+    const { Metrics } = await import('../../ext-proc/src/audit/metrics.ts');
+    const registered = new Set(new Metrics().registry.getMetricsAsArray().map((m) => m.name));
+    expect(Object.keys(METRICS).filter((name) => !registered.has(name.replace(/_bucket$/, '')))).toEqual([]);
   });
 
   it('shows every metric the service exposes', () => {
