@@ -125,7 +125,14 @@ export const GOV_RULES: readonly Rule[] = [
 ];
 
 /** The governance document (YAML) for an IdP at `issuer`. */
-export function governedDocument(issuer: string): string {
+/** What the token-swap setup's server receives: a token exchanged for this audience. */
+export const GOV_UPSTREAM_AUDIENCE = 'https://mcp.bench.example/upstream';
+
+/**
+ * The governed document; with `gatewaySecretFile`, the governed server also gets its credential by
+ * RFC 8693 token exchange at the bench IdP (client `gateway`, secret in that file): the token-swap setup.
+ */
+export function governedDocument(issuer: string, gatewaySecretFile?: string): string {
   const other = (name: string, description: string): Record<string, unknown> => ({
     name,
     description,
@@ -146,6 +153,9 @@ export function governedDocument(issuer: string): string {
         resource: GOV_RESOURCE,
         scopes: [GOV_SCOPE],
         pathPrefixes: [GOV_PREFIX],
+        ...(gatewaySecretFile === undefined
+          ? {}
+          : { credential: { type: 'tokenExchange', issuer: 'bench-idp', resource: GOV_UPSTREAM_AUDIENCE, client: { id: 'gateway', secret: { file: gatewaySecretFile } } } }),
       },
       other('docs', 'Documentation search'),
       other('search-web', 'Web search and fetch'),
@@ -165,6 +175,6 @@ export function governedDocument(issuer: string): string {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { issuer: { type: 'string', default: 'http://127.0.0.1:9999' } } });
-  process.stdout.write(governedDocument(values.issuer));
+  const { values } = parseArgs({ options: { issuer: { type: 'string', default: 'http://127.0.0.1:9999' }, 'gateway-secret-file': { type: 'string' } } });
+  process.stdout.write(governedDocument(values.issuer, values['gateway-secret-file']));
 }

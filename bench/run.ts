@@ -10,6 +10,8 @@
 //   direct, no-op as above (the token simply reaches the upstream)
 //   governed      Envoy + the real processor with bench/governed.ts's document: JWT identity from a test
 //                 IdP started here (test/support/idp.ts), a policy of about 50 rules
+//   governed-swap the governed setup plus an RFC 8693 token exchange for the governed server: measured
+//                 against governed on the governed call, pair by pair, for what the credential step costs
 // Load comes from vegeta (open loop). The processors, the upstream and each Envoy are separate processes;
 // CPU per request is read from /proc before and after each measured attack.
 //
@@ -22,7 +24,8 @@
 // Environment: BENCH_SECONDS (per measured attack, default 6), BENCH_ROUNDS (default 5), BENCH_RATE
 // (skip the search and measure at this rate), BENCH_LOW_RATE (default 100, 0 = skip), BENCH_LOW_SECONDS
 // (default 3), BENCH_LOW_ROUNDS (default 3), BENCH_GOV_SECONDS (default 4), BENCH_GOV_ROUNDS (default 3,
-// 0 = skip the governed workloads), BENCH_KEEP_LOGS=1 (keep the scratch directory: process logs, vegeta
+// 0 = skip the governed workloads), BENCH_SWAP_SECONDS (default 4), BENCH_SWAP_ROUNDS (default 5, 0 = skip
+// the token swap comparison), BENCH_KEEP_LOGS=1 (keep the scratch directory: process logs, vegeta
 // results, the governed document).
 
 import { execFileSync } from 'node:child_process';
@@ -67,6 +70,8 @@ const settings = {
   lowRounds: Math.round(envNumber('BENCH_LOW_ROUNDS', 3, 1)),
   govSeconds: envNumber('BENCH_GOV_SECONDS', 4, 1),
   govRounds: Math.round(envNumber('BENCH_GOV_ROUNDS', 3, 0)),
+  swapSeconds: envNumber('BENCH_SWAP_SECONDS', 4, 1),
+  swapRounds: Math.round(envNumber('BENCH_SWAP_ROUNDS', 5, 0)),
   warmupSeconds: 2,
   warmupRate: 300,
   governedWarmupRate: 100,
@@ -75,12 +80,12 @@ const settings = {
   protocolVersion: '2025-11-25',
 };
 
-const TARGETS = { cpuRatio: 1.3, governedCpuRatio: 2.0, addedP99Ms: 2 };
+const TARGETS = { cpuRatio: 1.3, governedCpuRatio: 2.0, addedP99Ms: 2, tokenSwapCpuRatio: 1.05 };
 
 // ---------------------------------------------------------------------------------------------
 // Setups and workloads
 
-type SetupId = 'direct' | 'noop' | 'mcp-ext-proc' | 'governed';
+type SetupId = 'direct' | 'noop' | 'mcp-ext-proc' | 'governed' | 'governed-swap';
 type WorkloadId = 'json' | 'sse' | 'gov-list' | 'gov-call';
 
 interface Setup {
@@ -293,6 +298,7 @@ const SETUP_LABEL: Record<SetupId, string> = {
   noop: 'envoy + no-op ext_proc',
   'mcp-ext-proc': 'envoy + mcp-ext-proc',
   governed: 'envoy + mcp-ext-proc governed',
+  'governed-swap': 'envoy + mcp-ext-proc governed + token exchange',
 };
 
 interface Comparison {
@@ -372,7 +378,7 @@ async function startNoop(): Promise<{ proc: BenchProcess; port: number }> {
   return { proc, port: await waitForLine(proc, proc.stdoutPath, portLine) };
 }
 
-async function startRealProcessor(name: string, configPath: string): Promise<{ proc: BenchProcess; port: number }> {
+async function startRealProcessor(name: string, configPath: string): Promise<{ proc: BenchProcess; port: number; adminPort: number }> {
   const args = [
     path.join(repoRoot, 'ext-proc', 'src', 'cli.ts'),
     '--config', configPath,
@@ -382,13 +388,15 @@ async function startRealProcessor(name: string, configPath: string): Promise<{ p
   ];
   const proc = startProcess(name, process.execPath, args, scratch);
   // Its operational log (stderr, pino JSON) announces the bound ports.
-  const port = await waitForLine(proc, proc.stderrPath, (line) => {
+  const ports = await waitForLine(proc, proc.stderrPath, (line) => {
     if (!line.includes('mcp-ext-proc ready')) return undefined;
     const parsed: unknown = JSON.parse(line);
-    const p: unknown = typeof parsed === 'object' && parsed !== null ? Reflect.get(parsed, 'grpcPort') : undefined;
-    return typeof p === 'number' ? p : undefined;
+    const get = (key: string): unknown => (typeof parsed === 'object' && parsed !== null ? Reflect.get(parsed, key) : undefined);
+    const grpc = get('grpcPort');
+    const admin = get('adminPort');
+    return typeof grpc === 'number' && typeof admin === 'number' ? { grpc, admin } : undefined;
   });
-  return { proc, port };
+  return { proc, port: ports.grpc, adminPort: ports.admin };
 }
 
 /** Validates a governance document with the CLI's own check-config; throws with its message if it fails. */
@@ -603,6 +611,82 @@ async function measureAll(setups: readonly Setup[], workloads: readonly Workload
   }
 }
 
+/** One workload on a pair of setups, alternating which goes first, so drift hits both alike. */
+async function measurePair(pair: readonly [Setup, Setup], workload: Workload, rate: number, seconds: number, rounds: number, cells: Cell[]): Promise<void> {
+  for (let round = 0; round < rounds; round++) {
+    for (const setup of rotate(pair, round)) {
+      let cell = cells.find((c) => c.setup === setup.id && c.rate === rate);
+      if (cell === undefined) {
+        cell = { workload: workload.id, setup: setup.id, rate, samples: [] };
+        cells.push(cell);
+      }
+      const sample = await measure(setup, workload, rate, seconds);
+      cell.samples.push(sample);
+      log(`  round ${round + 1}/${rounds} ${setup.id} @ ${rate} rps: success ${fmt.pct(sample.attack.success)}, p50 ${fmt.ms(sample.attack.p50Ms)} p99 ${fmt.ms(sample.attack.p99Ms)} ms, proc CPU ${fmt.us(sample.processorCpuUs)} µs/req`);
+      await sleep(300);
+    }
+  }
+}
+
+interface TokenSwapComparison {
+  readonly rate: number;
+  /** Median over rounds of (CPU/request with token exchange ÷ without), paired by round. */
+  readonly cpuRatio: number;
+  readonly cpuUsWithout: number;
+  readonly cpuUsWith: number;
+  /** Median over rounds of (p50 with − p50 without). */
+  readonly addedP50Ms: number;
+}
+
+function tokenSwapComparison(cells: readonly Cell[], rate: number): TokenSwapComparison | undefined {
+  const without = cells.find((c) => c.setup === 'governed' && c.rate === rate);
+  const withSwap = cells.find((c) => c.setup === 'governed-swap' && c.rate === rate);
+  if (without === undefined || withSwap === undefined) return undefined;
+  const paired = (f: (i: number) => number): number => median(withSwap.samples.map((_, i) => f(i)));
+  return {
+    rate,
+    cpuRatio: paired((i) => (withSwap.samples[i]?.processorCpuUs ?? Number.NaN) / (without.samples[i]?.processorCpuUs ?? Number.NaN)),
+    cpuUsWithout: median(without.samples.map((x) => x.processorCpuUs ?? Number.NaN)),
+    cpuUsWith: median(withSwap.samples.map((x) => x.processorCpuUs ?? Number.NaN)),
+    addedP50Ms: paired((i) => (withSwap.samples[i]?.attack.p50Ms ?? Number.NaN) - (without.samples[i]?.attack.p50Ms ?? Number.NaN)),
+  };
+}
+
+/** The token-swap processor's credential lookups by source, and its token endpoint requests, from /metrics. */
+async function credentialMetrics(adminPort: number): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const lookup = /^mcp_ext_proc_credential_lookups_total\{[^}]*source="([a-z0-9]+)"[^}]*\} (\S+)$/.exec(line);
+    if (lookup?.[1] !== undefined) out[lookup[1]] = (out[lookup[1]] ?? 0) + Number(lookup[2]);
+    const fetched = /^mcp_ext_proc_credential_exchange_duration_seconds_count\{[^}]*\} (\S+)$/.exec(line);
+    if (fetched?.[1] !== undefined) out['tokenEndpointRequests'] = (out['tokenEndpointRequests'] ?? 0) + Number(fetched[1]);
+  }
+  return out;
+}
+
+function tokenSwapReport(summaries: readonly Summary[], comparisons: readonly TokenSwapComparison[], lookups: Record<string, number> | undefined): string {
+  const out = ['\nTOKEN SWAP: governed tools/call with and without RFC 8693 token exchange (credential cached after the first request)'];
+  for (const c of comparisons) {
+    const rows = summaries
+      .filter((x) => x.rate === c.rate)
+      .map((x) => [SETUP_LABEL[x.setup], String(x.rate), fmt.pct(x.success), fmt.ms(x.p50Ms), fmt.ms(x.p99Ms), fmt.us(x.processorCpuUsPerRequest)]);
+    out.push(`  at ${c.rate} rps, ${rows.length > 0 ? summaries.find((x) => x.rate === c.rate)?.rounds ?? 0 : 0} rounds, medians`);
+    out.push(table(['setup', 'rps', 'success', 'p50 ms', 'p99 ms', 'proc CPU µs/req'], rows, '  '));
+    const verdict = c.cpuRatio <= TARGETS.tokenSwapCpuRatio ? 'within' : 'OVER';
+    out.push(`  credential step: processor CPU ×${c.cpuRatio.toFixed(3)} (${fmt.us(c.cpuUsWithout)} → ${fmt.us(c.cpuUsWith)} µs/req; ${verdict} the ≤ ×${TARGETS.tokenSwapCpuRatio} target), p50 ${c.addedP50Ms >= 0 ? '+' : ''}${fmt.ms(c.addedP50Ms)} ms`);
+  }
+  if (lookups !== undefined) {
+    const total = Object.entries(lookups).filter(([k]) => k !== 'tokenEndpointRequests').reduce((n, [, v]) => n + v, 0);
+    const hits = (lookups['l1'] ?? 0) + (lookups['l2'] ?? 0);
+    out.push(
+      `  credential lookups over the whole run: ${total} (l1 ${lookups['l1'] ?? 0}, l2 ${lookups['l2'] ?? 0}, exchanged ${lookups['exchanged'] ?? 0}, coalesced ${lookups['coalesced'] ?? 0}); ` +
+        `hit rate ${total === 0 ? 'n/a' : fmt.pct(hits / total)}; token endpoint requests ${lookups['tokenEndpointRequests'] ?? 0}`,
+    );
+  }
+  return out.join('\n');
+}
+
 const EXT_PROC_COUNTERS = [
   'streams_started',
   'stream_msgs_sent',
@@ -780,17 +864,27 @@ async function main(): Promise<void> {
     // The governed processor: a document naming the test IdP (in this process; the processor fetches
     // its discovery document and keys once, then verifies the same token from its cache).
     let governed: { proc: BenchProcess; port: number } | undefined;
+    let swap: { proc: BenchProcess; port: number; adminPort: number } | undefined;
+    const swapOn = governedOn && settings.swapRounds > 0;
     if (governedOn) {
-      idp = await startIdp({ users: GOV_USERS, tokenTtlSeconds: 3600 });
+      idp = await startIdp({ users: GOV_USERS, tokenTtlSeconds: 3600, exchangeTokenTtlSeconds: 3600 });
       const docPath = path.join(scratch, 'governance-governed.yaml');
       writeFileSync(docPath, governedDocument(idp.issuer));
       checkConfig(docPath);
+      if (swapOn) {
+        // The same document, plus a token exchange for the governed server (the gateway's client secret in a file).
+        const secretPath = path.join(scratch, 'gateway-secret');
+        writeFileSync(secretPath, 'gateway-secret\n');
+        writeFileSync(path.join(scratch, 'governance-governed-swap.yaml'), governedDocument(idp.issuer, secretPath));
+        checkConfig(path.join(scratch, 'governance-governed-swap.yaml'));
+      }
       // One token for the whole run (an hour: longer than the bench), so the verified-token cache is warm.
       bearerToken = await idp.userToken({ user: GOV_USER, client: GOV_CLIENT, resource: GOV_RESOURCE, scope: GOV_SCOPE, ttlSeconds: 3600 });
       log(`test IdP ${idp.issuer}; governed document ${docPath}: ${GOV_RULES.length} rules, check-config ok`);
     }
     const [noop, real] = await Promise.all([startNoop(), startRealProcessor('mcp-ext-proc', path.join(repoRoot, 'bench', 'governance.yaml'))]);
     if (governedOn) governed = await startRealProcessor('mcp-ext-proc-governed', path.join(scratch, 'governance-governed.yaml'));
+    if (swapOn) swap = await startRealProcessor('mcp-ext-proc-governed-swap', path.join(scratch, 'governance-governed-swap.yaml'));
     const anonUpstreams: EnvoyUpstream[] = [
       { name: 'bench-json', port: up.port, prefixes: [JSON_PREFIX] },
       { name: 'bench-sse', port: up.port, prefixes: [SSE_PREFIX] },
@@ -800,6 +894,7 @@ async function main(): Promise<void> {
     setups.push(await startSetup('noop', [...anonUpstreams, ...govUpstreams], noop));
     setups.push(await startSetup('mcp-ext-proc', anonUpstreams, real));
     if (governed !== undefined) setups.push(await startSetup('governed', govUpstreams, governed));
+    if (swap !== undefined) setups.push(await startSetup('governed-swap', govUpstreams, swap));
     const realSetup = setups[2];
     if (realSetup === undefined) throw new Error('unreachable');
     log(
@@ -816,6 +911,13 @@ async function main(): Promise<void> {
     const warmupRate = (w: Workload): number => (w.governed ? govWarmupRate : settings.warmupRate);
     log(`warm-up: ${settings.warmupSeconds} s at ${settings.warmupRate} rps per setup and workload${governedOn ? ` (governed workloads: ${govWarmupRate} rps)` : ''}`);
     for (const workload of workloads) for (const setup of setupsFor(setups, workload)) await measure(setup, workload, warmupRate(workload), settings.warmupSeconds);
+    const swapSetup = setups.find((x) => x.id === 'governed-swap');
+    const govCall = governedWorkloads.find((w) => w.id === 'gov-call');
+    if (swapSetup !== undefined && govCall !== undefined) {
+      // The first request exchanges the token; every later one finds the credential cached.
+      await preflight(swapSetup, govCall);
+      await measure(swapSetup, govCall, govWarmupRate, settings.warmupSeconds);
+    }
     const idle = await idleCpu(setups);
     const countersBefore = await Promise.all(setups.map(envoyCounters));
 
@@ -870,6 +972,18 @@ async function main(): Promise<void> {
       }
     }
 
+    // Token swap: the governed call with and without the credential step, interleaved pair by pair.
+    const swapCells: Cell[] = [];
+    const swapGov = setups.find((x) => x.id === 'governed');
+    const swapRates = [rates.json, ...(settings.lowRate > 0 && settings.lowRate !== rates.json ? [settings.lowRate] : [])];
+    if (swapSetup !== undefined && swapGov !== undefined && govCall !== undefined) {
+      for (const rate of swapRates) {
+        log(`token swap: ${govCall.id} at ${rate} rps on governed and governed + token exchange: ${settings.swapRounds} rounds × ${settings.swapSeconds} s`);
+        await measurePair([swapGov, swapSetup], govCall, rate, settings.swapSeconds, settings.swapRounds, swapCells);
+      }
+    }
+    const credentialLookups = swap === undefined ? undefined : await credentialMetrics(swap.adminPort);
+
     const countersAfter = await Promise.all(setups.map(envoyCounters));
     const counterDelta = (from: Record<string, number>[], to: Record<string, number>[]): Record<string, Record<string, number>> =>
       Object.fromEntries(
@@ -893,6 +1007,10 @@ async function main(): Promise<void> {
     if (governed !== undefined) {
       procLogs['mcp-ext-proc governed'] = await processorLogProblems(governed.proc);
       alive['mcp-ext-proc governed'] = !governed.proc.hasExited();
+    }
+    if (swap !== undefined) {
+      procLogs['mcp-ext-proc governed + token exchange'] = await processorLogProblems(swap.proc);
+      alive['mcp-ext-proc governed + token exchange'] = !swap.proc.hasExited();
     }
 
     // ------------------------------------------------------------------ report
@@ -928,8 +1046,14 @@ async function main(): Promise<void> {
       }
     }
 
+    const swapSummaries = swapCells.map(summarise);
+    const swapComparisons = swapRates
+      .map((rate) => tokenSwapComparison(swapCells, rate))
+      .filter((c): c is TokenSwapComparison => c !== undefined);
+    if (swapComparisons.length > 0) sections.push(tokenSwapReport(swapSummaries, swapComparisons, credentialLookups));
+
     const problems: string[] = [];
-    for (const s of summaries) {
+    for (const s of [...summaries, ...swapSummaries]) {
       if (s.success < 1) problems.push(`${s.workload}/${s.setup} @ ${s.rate} rps: ${s.requests - Math.round(s.success * s.requests)} failed of ${s.requests}: ${JSON.stringify(s.failures)}`);
     }
     for (const [id, counters] of Object.entries(envoyStats)) {
@@ -1000,6 +1124,7 @@ async function main(): Promise<void> {
         : undefined,
       search: searches,
       governedProbes: govProbe?.probes,
+      tokenSwap: swapOn ? { results: swapSummaries, comparisons: swapComparisons, credentialLookups, rounds: swapCells } : undefined,
       rates: { measured: rates, low: lowDistinct ? settings.lowRate : undefined, governed: governedOn ? govRates : undefined, governedLow: governedOn ? govLowRates : undefined },
       results: summaries,
       comparisons,
