@@ -182,7 +182,10 @@ describe('token swap', () => {
     } finally {
       await client.close();
     }
-    const claims = since(server('streamed'), from).map((r) => (r.token?.valid === true ? r.token.claims : undefined));
+    const seen = since(server('streamed'), from);
+    // The standalone GET stream has no body: its credential is set with the request headers.
+    expect(seen.some((r) => r.method === 'GET')).toBe(true);
+    const claims = seen.map((r) => (r.token?.valid === true ? r.token.claims : undefined));
     expect(claims.length).toBeGreaterThan(0);
     for (const c of claims) expect(c).toMatchObject({ aud: INTERNAL('streamed'), sub: 'bob', act: { sub: 'agent-b' } });
   });
@@ -245,6 +248,7 @@ describe('token swap', () => {
   it('keeps serving cached credentials while the IdP is down, and answers a miss with 503 in time', async () => {
     const cached = await userToken('alice', 'exchanged');
     const fresh = await userToken('bob', 'exchanged');
+    const another = await userToken('admin', 'exchanged');
     expect((await initialize('exchanged', cached)).status).toBe(200);
     await idp.pause('refuse');
     try {
@@ -256,6 +260,8 @@ describe('token swap', () => {
 
       // A token endpoint that accepts but never answers: the processor gives up after its 2.5 s timeout,
       // past Envoy's 2 s message_timeout, which it extended (no 504 from Envoy).
+      // An unreachable endpoint is not tried again for a second.
+      await new Promise((r) => setTimeout(r, 1_100));
       await idp.pause('hang');
       const started = Date.now();
       const slow = await initialize('exchanged', fresh);
@@ -264,9 +270,15 @@ describe('token swap', () => {
       expect(slow.message).toMatch(/did not answer within 2500 ms/);
       expect(elapsed).toBeGreaterThanOrEqual(2_400);
       expect(elapsed).toBeLessThan(6_000);
+      // Meanwhile other misses fail at once instead of each waiting for the timeout.
+      const fast = Date.now();
+      expect(await initialize('exchanged', another)).toMatchObject({ status: 503, code: 'ERR_CREDENTIAL_UNAVAILABLE' });
+      expect(Date.now() - fast).toBeLessThan(1_000);
     } finally {
       await idp.resume();
     }
+    // The outage is remembered for a second; then the next miss reaches the IdP again.
+    await new Promise((r) => setTimeout(r, 1_100));
     expect((await initialize('exchanged', fresh)).status).toBe(200);
   });
 
