@@ -46,6 +46,7 @@ export class Metrics implements Observer {
   readonly #credentialLookups: Counter<'server' | 'strategy' | 'source'>;
   readonly #credentialFetches: Histogram<'strategy' | 'outcome'>;
   readonly #credentialFailures: Counter<'server' | 'reason'>;
+  readonly #credentialLookupChildren = new Map<string, { inc(): void }>();
   readonly #knownTools = new Map<string, Set<string>>();
 
   constructor() {
@@ -117,7 +118,14 @@ export class Metrics implements Observer {
   }
 
   credentialLookup(server: string, strategy: string, source: string): void {
-    this.#credentialLookups.inc({ server, strategy, source });
+    // Once per request: the labelled child is looked up once per label set, not hashed every time.
+    const key = `${server}\u0000${strategy}\u0000${source}`;
+    let child = this.#credentialLookupChildren.get(key);
+    if (child === undefined) {
+      child = this.#credentialLookups.labels({ server, strategy, source });
+      this.#credentialLookupChildren.set(key, child);
+    }
+    child.inc();
   }
 
   credentialFetch(strategy: string, outcome: 'ok' | 'refused' | 'unavailable', seconds: number): void {

@@ -25,10 +25,21 @@ const NONE: Credential = { strategy: 'none', headers: {}, key: undefined, source
 const EXCHANGE_GRANT = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
+type FetchedPlan = Extract<CredentialPlan, { readonly kind: 'tokenExchange' | 'clientCredentials' }>;
+
+interface Memo {
+  readonly key: CacheKey;
+  /** The last credential handed out for this key, reused while the cached token is the same. */
+  credential: Credential | undefined;
+  token?: string;
+}
+
 export class CredentialBroker {
   readonly #cache: CredentialCache;
   readonly #metrics: Metrics;
   readonly #log: Logger;
+  readonly #callerKeys = new WeakMap<Caller, Map<CredentialPlan, Memo>>();
+  readonly #gatewayKeys = new WeakMap<CredentialPlan, Memo>();
 
   constructor(cache: CredentialCache, metrics: Metrics, log: Logger) {
     this.#cache = cache;
@@ -36,22 +47,104 @@ export class CredentialBroker {
     this.#log = log;
   }
 
-  /** The headers a request to `server` carries upstream. Throws a GatewayError when there is no credential. */
-  async obtain(server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Promise<Credential> {
+  /**
+   * The headers a request to `server` carries upstream: at once when the credential is in this replica's
+   * cache (the common case, kept free of promises and hashing), else a promise. A failure is a GatewayError.
+   */
+  obtain(server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Credential | Promise<Credential> {
     const plan = server.credential;
     try {
-      const credential = await this.#obtain(plan, server, caller, bearer);
-      if (credential.source !== 'none') this.#metrics.credentialLookup(server.name, plan.kind, credential.source === 'fetched' ? 'exchanged' : credential.source);
-      return credential;
+      const hit = this.#cached(plan, server, caller, bearer);
+      if (hit !== undefined) {
+        this.#metrics.credentialLookup(server.name, plan.kind, hit.source);
+        return hit;
+      }
     } catch (err) {
-      const reason = err instanceof CredentialError ? err.reason : err instanceof GatewayError ? 'secret_missing' : 'internal';
-      this.#metrics.credentialFailure(server.name, reason);
-      if (!(err instanceof GatewayError)) throw err;
-      // The message names the server: one client talks to many through the same gateway.
-      const message = `no credential for MCP server "${server.name}": ${err.message}`;
-      this.#log.warn({ server: server.name, strategy: plan.kind, reason, err: err.message }, 'downstream credential unavailable');
-      throw new GatewayError(err.code, message, { cause: err, retryAfterSeconds: err.code === 'ERR_CREDENTIAL_UNAVAILABLE' ? 1 : undefined });
+      return Promise.reject(this.#failed(server, err));
     }
+    return this.#obtain(plan, server, caller, bearer).then(
+      (credential) => {
+        if (credential.source !== 'none') this.#metrics.credentialLookup(server.name, plan.kind, credential.source === 'fetched' ? 'exchanged' : credential.source);
+        return credential;
+      },
+      (err: unknown) => {
+        throw this.#failed(server, err);
+      },
+    );
+  }
+
+  #failed(server: ServerSpec, err: unknown): Error {
+    const reason = err instanceof CredentialError ? err.reason : err instanceof GatewayError ? 'secret_missing' : 'internal';
+    this.#metrics.credentialFailure(server.name, reason);
+    if (!(err instanceof GatewayError)) return err instanceof Error ? err : new Error(String(err));
+    // The message names the server: one client talks to many through the same gateway.
+    const message = `no credential for MCP server "${server.name}": ${err.message}`;
+    this.#log.warn({ server: server.name, strategy: server.credential.kind, reason, err: err.message }, 'downstream credential unavailable');
+    return new GatewayError(err.code, message, { cause: err, retryAfterSeconds: err.code === 'ERR_CREDENTIAL_UNAVAILABLE' ? 1 : undefined });
+  }
+
+  /** What needs no waiting: nothing, a static secret, or a credential in L1 (same object while it lasts). */
+  #cached(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Credential | undefined {
+    switch (plan.kind) {
+      case 'none':
+        return NONE;
+      case 'staticSecret':
+        return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + plan.secret.value() }, key: undefined, source: 'static' };
+      case 'tokenExchange':
+      case 'clientCredentials': {
+        const memo = this.#memo(plan, server, caller, bearer);
+        if (memo === undefined) return undefined;
+        const token = this.#cache.peek(memo.key);
+        if (token === undefined) return undefined;
+        // The same string object while the entry lasts: an identity check, not a comparison of its text.
+        if (memo.credential === undefined || memo.token !== token) {
+          memo.credential = this.#credential(plan, memo.key, token, 'l1', caller);
+          memo.token = token;
+        }
+        return memo.credential;
+      }
+    }
+  }
+
+  /**
+   * The cache key of a caller's credential for a plan, computed once per verified token: the verifier
+   * hands out the same Caller for the same token, so a WeakMap on it forgets with the token.
+   */
+  #memo(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Memo | undefined {
+    if (plan.kind === 'clientCredentials') {
+      let memo = this.#gatewayKeys.get(plan);
+      if (memo === undefined) {
+        // The gateway's own credential: one per server and configuration, whoever calls.
+        memo = { key: cacheKey({ principal: undefined, agent: undefined, token: undefined }, [server.name, ...plan.fingerprint]), credential: undefined };
+        this.#gatewayKeys.set(plan, memo);
+      }
+      // The user header differs per caller: the shared Credential object is only for callers without one.
+      if (plan.userHeader !== undefined) return { key: memo.key, credential: undefined };
+      return memo;
+    }
+    if (plan.kind !== 'tokenExchange' || caller === undefined || bearer === undefined) return undefined;
+    let perPlan = this.#callerKeys.get(caller);
+    if (perPlan === undefined) {
+      perPlan = new Map();
+      this.#callerKeys.set(caller, perPlan);
+    }
+    let memo = perPlan.get(plan);
+    if (memo === undefined) {
+      const user = caller.user;
+      const owner = { principal: `${user.issuer}|${user.subject}`, agent: caller.agent.id === '' ? undefined : caller.agent.id, token: user.tokenId ?? bearer };
+      memo = { key: cacheKey(owner, [server.name, ...plan.fingerprint, plan.subjectTokenType, bearer]), credential: undefined };
+      perPlan.set(plan, memo);
+    }
+    return memo;
+  }
+
+  #credential(plan: FetchedPlan, key: CacheKey, token: string, source: Credential['source'], caller: Caller | undefined): Credential {
+    const headers: Record<string, string> = { [plan.header]: plan.prefix + token };
+    if (plan.kind === 'clientCredentials' && plan.userHeader !== undefined && caller !== undefined) {
+      const who = plan.userHeader.value === 'email' ? caller.user.email : caller.user.subject;
+      if (who !== undefined) headers[plan.userHeader.name] = who;
+    }
+    return { strategy: plan.kind, headers, key, source };
   }
 
   /** The server answered 401 to this credential: it must not be handed out again. */
@@ -68,43 +161,21 @@ export class CredentialBroker {
   }
 
   async #obtain(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Promise<Credential> {
-    switch (plan.kind) {
-      case 'none':
-        return NONE;
-      case 'staticSecret':
-        return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + plan.secret.value() }, key: undefined, source: 'static' };
-      case 'tokenExchange': {
-        if (caller === undefined || bearer === undefined) throw new Error(`server ${server.name}: token exchange without an authenticated caller`);
-        const user = caller.user;
-        const key = cacheKey({ principal: `${user.issuer}|${user.subject}`, agent: caller.agent.id === '' ? undefined : caller.agent.id, token: user.tokenId ?? bearer }, [
-          server.name,
-          ...plan.fingerprint,
-          plan.subjectTokenType,
-          bearer,
-        ]);
-        const form: Record<string, string> = {
-          grant_type: EXCHANGE_GRANT,
-          subject_token: bearer,
-          subject_token_type: plan.subjectTokenType,
-          requested_token_type: ACCESS_TOKEN_TYPE,
-          ...target(plan),
-        };
-        const got = await this.#cache.get(key, plan.marginMs, plan.timeoutMs, () => this.#fetch(plan, 'tokenExchange', form));
-        return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + got.token }, key, source: got.source };
-      }
-      case 'clientCredentials': {
-        // The gateway's own credential: one per server and configuration, whoever calls.
-        const key = cacheKey({ principal: undefined, agent: undefined, token: undefined }, [server.name, ...plan.fingerprint]);
-        const form = { grant_type: 'client_credentials', ...target(plan) };
-        const got = await this.#cache.get(key, plan.marginMs, plan.timeoutMs, () => this.#fetch(plan, 'clientCredentials', form));
-        const headers: Record<string, string> = { [plan.header]: plan.prefix + got.token };
-        if (plan.userHeader !== undefined && caller !== undefined) {
-          const who = plan.userHeader.value === 'email' ? caller.user.email : caller.user.subject;
-          if (who !== undefined) headers[plan.userHeader.name] = who;
-        }
-        return { strategy: plan.kind, headers, key, source: got.source };
-      }
-    }
+    if (plan.kind !== 'tokenExchange' && plan.kind !== 'clientCredentials') throw new Error(`server ${server.name}: nothing to fetch for ${plan.kind}`);
+    const memo = this.#memo(plan, server, caller, bearer);
+    if (memo === undefined) throw new Error(`server ${server.name}: token exchange without an authenticated caller`);
+    const form: Record<string, string> =
+      plan.kind === 'tokenExchange'
+        ? {
+            grant_type: EXCHANGE_GRANT,
+            subject_token: bearer ?? '',
+            subject_token_type: plan.subjectTokenType,
+            requested_token_type: ACCESS_TOKEN_TYPE,
+            ...target(plan),
+          }
+        : { grant_type: 'client_credentials', ...target(plan) };
+    const got = await this.#cache.get(memo.key, plan.marginMs, plan.timeoutMs, () => this.#fetch(plan, plan.kind, form));
+    return this.#credential(plan, memo.key, got.token, got.source, caller);
   }
 
   async #fetch(plan: OAuthPlan, strategy: CredentialKind, form: Record<string, string>): Promise<IssuedToken> {

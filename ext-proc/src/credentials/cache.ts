@@ -145,6 +145,12 @@ export class CredentialCache {
     return pending;
   }
 
+  /** This replica's cached token for `key`, if it is still to be used; nothing else is tried. */
+  peek(key: CacheKey): string | undefined {
+    const hit = this.#l1.get(key.id);
+    return hit !== undefined && hit.staleAtMs > Date.now() ? hit.token : undefined;
+  }
+
   /** Forgets one credential everywhere (the server rejected it). */
   async drop(key: CacheKey): Promise<void> {
     this.#l1.delete(key.id);

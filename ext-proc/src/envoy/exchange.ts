@@ -44,6 +44,9 @@ export interface ProcessorContext {
   readonly sessionOwners: LRUCache<string, string>;
 }
 
+/** How long a credential lookup may run before Envoy is asked for more time (its message_timeout is ≥ 1 s). */
+const ASK_FOR_TIME_AFTER_MS = 100;
+
 /** A call stored in shared state by another stream; anything unreadable is treated as absent. */
 function parsePendingCall(text: string): PendingCall | undefined {
   try {
@@ -198,11 +201,18 @@ export class Exchange {
 
   /** Starts finding the credential this request will carry upstream (it overlaps with the body's arrival). */
   startCredentialLookup(server: ServerSpec): void {
-    const bearer = /^bearer\s+(\S+)\s*$/i.exec(this.requestHeaders.get('authorization') ?? '')?.[1];
-    const lookup = this.ctx.credentials.obtain(server, this.caller, bearer);
-    this.credentialLookup = lookup;
+    const authorization = this.requestHeaders.get('authorization');
+    // authenticate() accepted it as "Bearer <token>" (any case, spaces or tabs around the token).
+    const bearer = authorization === undefined ? undefined : authorization.slice(6).trim();
+    const found = this.ctx.credentials.obtain(server, this.caller, bearer);
+    if (!(found instanceof Promise)) {
+      this.credential = found;
+      this.credentialReady = true;
+      return;
+    }
+    this.credentialLookup = found;
     // Settled before anyone awaits it (a failure is thrown where it is awaited, not reported as unhandled).
-    lookup.then(
+    found.then(
       () => {
         this.credentialReady = true;
       },
@@ -215,15 +225,22 @@ export class Exchange {
   /** The credential, once found; a slow lookup first asks Envoy to wait up to the token endpoint's timeout. */
   async awaitCredential(): Promise<Credential | undefined> {
     const lookup = this.credentialLookup;
-    if (lookup === undefined) return undefined;
-    const plan = this.server?.credential;
-    if (!this.credentialReady && plan !== undefined && (plan.kind === 'tokenExchange' || plan.kind === 'clientCredentials')) {
-      this.askForTime(plan.timeoutMs + 1000);
+    if (lookup !== undefined) {
+      const plan = this.server?.credential;
+      // A lookup still running after ASK_FOR_TIME_AFTER_MS is a token endpoint round trip, which may take
+      // longer than Envoy's message_timeout allows: ask for the endpoint's timeout and a margin.
+      const timer =
+        !this.credentialReady && plan !== undefined && (plan.kind === 'tokenExchange' || plan.kind === 'clientCredentials')
+          ? setTimeout(() => this.askForTime(plan.timeoutMs + 1000), ASK_FOR_TIME_AFTER_MS)
+          : undefined;
+      try {
+        this.credential = await lookup;
+      } finally {
+        clearTimeout(timer);
+      }
     }
-    const credential = await lookup;
-    this.credential = credential;
-    this.meta['credential'] = `${credential.strategy}/${credential.source}`;
-    return credential;
+    if (this.credential !== undefined) this.meta['credential'] = `${this.credential.strategy}/${this.credential.source}`;
+    return this.credential;
   }
 
   /** A refusal that no denial has recorded yet gets its record here (on every path, never twice). */

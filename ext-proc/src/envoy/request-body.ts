@@ -11,7 +11,8 @@ import type { Decision } from '../policy/types.ts';
 import { keys } from '../state/store.ts';
 import type { Exchange } from './exchange.ts';
 import { metadata, mutation } from './headers.ts';
-import type { CommonResponse, HttpBody, ProcessingResponse } from './types.ts';
+import type { Credential } from '../credentials/broker.ts';
+import type { CommonResponse, HeaderMutation, HttpBody, ProcessingResponse } from './types.ts';
 
 export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<ProcessingResponse> {
   const limit = ex.ctx.document().maxRequestBodyBytes;
@@ -46,7 +47,7 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
   let response: CommonResponse = {};
   try {
     const credential = await ex.awaitCredential();
-    if (credential !== undefined) response = { header_mutation: mutation(credential.headers) };
+    if (credential !== undefined) response = { header_mutation: credentialMutation(credential) };
   } catch (err) {
     // Without its credential nothing is forwarded, and never with the caller's token instead.
     const refusal = toGatewayError(err);
@@ -62,6 +63,18 @@ export async function onRequestBody(ex: Exchange, msg: HttpBody): Promise<Proces
   const decision = [...decisions.values()].at(-1);
   noteDecision(ex, decision);
   return { request_body: { response }, dynamic_metadata: metadata(ex) };
+}
+
+/** A cached credential is handed out as the same object while it lasts: so is its mutation. */
+const mutations = new WeakMap<Credential, HeaderMutation>();
+
+function credentialMutation(credential: Credential): HeaderMutation {
+  let m = mutations.get(credential);
+  if (m === undefined) {
+    m = mutation(credential.headers);
+    mutations.set(credential, m);
+  }
+  return m;
 }
 
 /** What access logs see: `%DYNAMIC_METADATA(mcp_ext_proc:method)%`, `…:tool`, `…:name`. */

@@ -83,11 +83,19 @@ export async function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Re
   };
 }
 
-function credentialHeaders(server: ServerSpec): string[] {
-  const plan = server.credential;
-  const names = ['authorization'];
-  if (plan.kind !== 'none' && plan.header !== 'authorization') names.push(plan.header);
-  if (plan.kind === 'clientCredentials' && plan.userHeader !== undefined) names.push(plan.userHeader.name);
+const credentialHeaderNames = new WeakMap<ServerSpec, readonly string[]>();
+
+/** Headers only the gateway may set on the way to this server: Authorization, and wherever its credential goes. */
+function credentialHeaders(server: ServerSpec): readonly string[] {
+  let names = credentialHeaderNames.get(server);
+  if (names === undefined) {
+    const plan = server.credential;
+    const list = ['authorization'];
+    if (plan.kind !== 'none' && plan.header !== 'authorization') list.push(plan.header);
+    if (plan.kind === 'clientCredentials' && plan.userHeader !== undefined) list.push(plan.userHeader.name);
+    names = list;
+    credentialHeaderNames.set(server, names);
+  }
   return names;
 }
 
