@@ -185,6 +185,16 @@ describe('token swap', () => {
     const seen = since(server('streamed'), from);
     // The standalone GET stream has no body: its credential is set with the request headers.
     expect(seen.some((r) => r.method === 'GET')).toBe(true);
+    // A second session finds the credential cached: no request asks Envoy for extra time.
+    const overrides = async (): Promise<number> => (await replica(0).envoy.stats('http.mcp.ext_proc.'))['http.mcp.ext_proc.override_message_timeout_received'] ?? 0;
+    const before = await overrides();
+    const again = await connect('streamed', token);
+    try {
+      await again.callTool({ name: 'echo', arguments: { text: 'cached' } });
+    } finally {
+      await again.close();
+    }
+    expect(await overrides()).toBe(before);
     const claims = seen.map((r) => (r.token?.valid === true ? r.token.claims : undefined));
     expect(claims.length).toBeGreaterThan(0);
     for (const c of claims) expect(c).toMatchObject({ aud: INTERNAL('streamed'), sub: 'bob', act: { sub: 'agent-b' } });
@@ -263,6 +273,8 @@ describe('token swap', () => {
       // An unreachable endpoint is not tried again for a second.
       await new Promise((r) => setTimeout(r, 1_100));
       await idp.pause('hang');
+      const overrides = async (): Promise<number> => (await replica(0).envoy.stats('http.mcp.ext_proc.'))['http.mcp.ext_proc.override_message_timeout_received'] ?? 0;
+      const overridesBefore = await overrides();
       const started = Date.now();
       const slow = await initialize('exchanged', fresh);
       const elapsed = Date.now() - started;
@@ -270,6 +282,7 @@ describe('token swap', () => {
       expect(slow.message).toMatch(/did not answer within 2500 ms/);
       expect(elapsed).toBeGreaterThanOrEqual(2_400);
       expect(elapsed).toBeLessThan(6_000);
+      expect((await overrides()) - overridesBefore).toBe(1);
       // Meanwhile other misses fail at once instead of each waiting for the timeout.
       const fast = Date.now();
       expect(await initialize('exchanged', another)).toMatchObject({ status: 503, code: 'ERR_CREDENTIAL_UNAVAILABLE' });
