@@ -24,7 +24,7 @@
 // Environment: BENCH_SECONDS (per measured attack, default 6), BENCH_ROUNDS (default 5), BENCH_RATE
 // (skip the search and measure at this rate), BENCH_LOW_RATE (default 100, 0 = skip), BENCH_LOW_SECONDS
 // (default 3), BENCH_LOW_ROUNDS (default 3), BENCH_GOV_SECONDS (default 4), BENCH_GOV_ROUNDS (default 3,
-// 0 = skip the governed workloads), BENCH_SWAP_SECONDS (default 4), BENCH_SWAP_ROUNDS (default 5, 0 = skip
+// 0 = skip the governed workloads), BENCH_SWAP_SECONDS (default 4), BENCH_SWAP_ROUNDS (default 6, 0 = skip
 // the token swap comparison), BENCH_KEEP_LOGS=1 (keep the scratch directory: process logs, vegeta
 // results, the governed document).
 
@@ -44,6 +44,7 @@ import { attack, ensureVegeta, percentile } from './load.ts';
 import type { AttackResult, Target } from './load.ts';
 import { GOV_CALL, GOV_CLIENT, GOV_RESOURCE, GOV_RULES, GOV_SCOPE, GOV_SERVER, GOV_USER, GOV_USERS, GOV_VISIBLE_TO_ALICE, governedDocument } from './governed.ts';
 import { GOV_PATH, GOV_PREFIX, GOV_TOOLS, JSON_PATH, JSON_PREFIX, SSE_PATH, SSE_PREFIX, TOOL_NAME } from './mcp-upstream.ts';
+import { jsonExchange, measureProcessorPair, type ProcessorPairResult } from './processor-pair.ts';
 import { cpuMicros, findPid, portLine, startProcess, waitForLine } from './procs.ts';
 import type { BenchProcess } from './procs.ts';
 
@@ -71,7 +72,8 @@ const settings = {
   govSeconds: envNumber('BENCH_GOV_SECONDS', 4, 1),
   govRounds: Math.round(envNumber('BENCH_GOV_ROUNDS', 3, 0)),
   swapSeconds: envNumber('BENCH_SWAP_SECONDS', 4, 1),
-  swapRounds: Math.round(envNumber('BENCH_SWAP_ROUNDS', 5, 0)),
+  swapRounds: Math.round(envNumber('BENCH_SWAP_ROUNDS', 6, 0)),
+  pairExchanges: 3000,
   warmupSeconds: 2,
   warmupRate: 300,
   governedWarmupRate: 100,
@@ -613,6 +615,8 @@ async function measureAll(setups: readonly Setup[], workloads: readonly Workload
 
 /** One workload on a pair of setups, alternating which goes first, so drift hits both alike. */
 async function measurePair(pair: readonly [Setup, Setup], workload: Workload, rate: number, seconds: number, rounds: number, cells: Cell[]): Promise<void> {
+  // Not recorded: both processors reach a steady state at this rate first (JIT, heap), whatever ran before.
+  for (const setup of pair) await measure(setup, workload, rate, seconds);
   for (let round = 0; round < rounds; round++) {
     for (const setup of rotate(pair, round)) {
       let cell = cells.find((c) => c.setup === setup.id && c.rate === rate);
@@ -665,8 +669,17 @@ async function credentialMetrics(adminPort: number): Promise<Record<string, numb
   return out;
 }
 
-function tokenSwapReport(summaries: readonly Summary[], comparisons: readonly TokenSwapComparison[], lookups: Record<string, number> | undefined): string {
+function tokenSwapReport(summaries: readonly Summary[], comparisons: readonly TokenSwapComparison[], lookups: Record<string, number> | undefined, alone: ProcessorPairResult | undefined): string {
   const out = ['\nTOKEN SWAP: governed tools/call with and without RFC 8693 token exchange (credential cached after the first request)'];
+  if (alone !== undefined) {
+    const ratio = median(alone.ratios);
+    out.push(
+      `  processors alone (the call's ext_proc messages from a gRPC client, ${alone.ratios.length} rounds × ${alone.exchangesPerRound} exchanges to each, interleaved): ` +
+        `${fmt.us(median(alone.a))} → ${fmt.us(median(alone.b))} µs/exchange, credential step ×${ratio.toFixed(3)} ` +
+        `(rounds ${alone.ratios.map((r) => r.toFixed(3)).join(', ')}; ${ratio <= TARGETS.tokenSwapCpuRatio ? 'within' : 'OVER'} the ≤ ×${TARGETS.tokenSwapCpuRatio} target)`,
+    );
+    out.push('  through Envoy (vegeta, one setup at a time, alternating; noisier: Envoy, the upstream and vegeta share the machine):');
+  }
   for (const c of comparisons) {
     const rows = summaries
       .filter((x) => x.rate === c.rate)
@@ -982,6 +995,29 @@ async function main(): Promise<void> {
         await measurePair([swapGov, swapSetup], govCall, rate, settings.swapSeconds, settings.swapRounds, swapCells);
       }
     }
+    // The same comparison without Envoy: both processors fed the governed call's ext_proc messages directly.
+    let processorPair: ProcessorPairResult | undefined;
+    const directSetup = setups.find((x) => x.id === 'direct');
+    if (swap !== undefined && governed !== undefined && govCall !== undefined && directSetup !== undefined) {
+      const target = targetFor(directSetup, govCall);
+      const upstreamAnswer = await (await fetch(target.url, { method: 'POST', headers: target.headers, body: target.body })).text();
+      const { url: _url, ...request } = target;
+      const messages = jsonExchange(GOV_PATH, request.headers, request.body, upstreamAnswer);
+      // Two fresh processors with the two documents: the same history (none), so only the credential step differs.
+      const freshGov = await startRealProcessor('pair-governed', path.join(scratch, 'governance-governed.yaml'));
+      const freshSwap = await startRealProcessor('pair-governed-swap', path.join(scratch, 'governance-governed-swap.yaml'));
+      log(`token swap, processors alone (fresh pair): ${settings.swapRounds} rounds × ${settings.pairExchanges} exchanges to each, interleaved`);
+      try {
+        processorPair = await measureProcessorPair({ grpcPort: freshGov.port, pid: freshGov.proc.pid }, { grpcPort: freshSwap.port, pid: freshSwap.proc.pid }, messages, {
+          rounds: settings.swapRounds,
+          exchanges: settings.pairExchanges,
+          concurrency: 10,
+        });
+      } finally {
+        await Promise.all([freshGov.proc.stop(), freshSwap.proc.stop()]);
+      }
+      for (const [i, r] of processorPair.ratios.entries()) log(`  round ${i + 1}: ${fmt.us(processorPair.a[i])} → ${fmt.us(processorPair.b[i])} µs/exchange, ×${r.toFixed(3)}`);
+    }
     const credentialLookups = swap === undefined ? undefined : await credentialMetrics(swap.adminPort);
 
     const countersAfter = await Promise.all(setups.map(envoyCounters));
@@ -1050,7 +1086,7 @@ async function main(): Promise<void> {
     const swapComparisons = swapRates
       .map((rate) => tokenSwapComparison(swapCells, rate))
       .filter((c): c is TokenSwapComparison => c !== undefined);
-    if (swapComparisons.length > 0) sections.push(tokenSwapReport(swapSummaries, swapComparisons, credentialLookups));
+    if (swapComparisons.length > 0) sections.push(tokenSwapReport(swapSummaries, swapComparisons, credentialLookups, processorPair));
 
     const problems: string[] = [];
     for (const s of [...summaries, ...swapSummaries]) {
@@ -1124,7 +1160,7 @@ async function main(): Promise<void> {
         : undefined,
       search: searches,
       governedProbes: govProbe?.probes,
-      tokenSwap: swapOn ? { results: swapSummaries, comparisons: swapComparisons, credentialLookups, rounds: swapCells } : undefined,
+      tokenSwap: swapOn ? { results: swapSummaries, comparisons: swapComparisons, processorsAlone: processorPair, credentialLookups, rounds: swapCells } : undefined,
       rates: { measured: rates, low: lowDistinct ? settings.lowRate : undefined, governed: governedOn ? govRates : undefined, governedLow: governedOn ? govLowRates : undefined },
       results: summaries,
       comparisons,
