@@ -4,11 +4,11 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEnvoy, type EnvoyInstance } from '../support/envoy.ts';
+import type { EnvoyInstance } from '../support/envoy.ts';
 import { startIdp, type Idp } from '../support/idp.ts';
 import { startStreamableJsonServer, type McpTestServer } from '../support/mcp-servers.ts';
 import { rawExchange } from '../support/mcp-scenarios.ts';
-import { startTestProcessor, type TestProcessor } from '../support/processor.ts';
+import { startReplicas, type Replica, type Replicas } from '../support/replicas.ts';
 import { repoRoot } from '../support/tools.ts';
 import { startValkey, type ValkeyInstance } from '../support/valkey.ts';
 
@@ -32,30 +32,19 @@ policy:
 let valkey: ValkeyInstance;
 let idp: Idp;
 let json: McpTestServer;
-const replicas: { proc: TestProcessor; envoy: EnvoyInstance }[] = [];
+let replicas: Replicas;
 
 beforeAll(async () => {
   [valkey, idp, json] = await Promise.all([startValkey(), startIdp(), startStreamableJsonServer({ pathPrefix: '/json' })]);
-  for (let i = 0; i < 2; i++) {
-    const proc = await startTestProcessor(governance(idp.issuer), { settings: { redisUrl: valkey.url } });
-    const envoy = await startEnvoy({ processor: { port: proc.grpcPort }, upstreams: [{ name: 'json', port: json.port, prefixes: ['/json/'] }] });
-    replicas.push({ proc, envoy });
-  }
+  replicas = await startReplicas(2, governance(idp.issuer), { redisUrl: valkey.url }, [{ name: 'json', port: json.port, prefixes: ['/json/'] }]);
 }, 120_000);
 
 afterAll(async () => {
-  for (const r of replicas) {
-    await r.envoy.stop();
-    await r.proc.stop();
-  }
+  await replicas.stop();
   await Promise.all([json.close(), idp.stop(), valkey.stop()]);
 });
 
-const replica = (i: number): { proc: TestProcessor; envoy: EnvoyInstance } => {
-  const r = replicas[i];
-  if (r === undefined) throw new Error(`no replica ${i}`);
-  return r;
-};
+const replica = (i: number): Replica => replicas.at(i);
 
 async function initialize(envoy: EnvoyInstance, token: string): Promise<{ status: number; code: string | undefined }> {
   const res = await rawExchange(envoy.url('/json/mcp'), {
