@@ -11,11 +11,10 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { h12 } from '../../ext-proc/src/credentials/cache.ts';
 import { DEFAULT_KEY_PREFIX } from '../../ext-proc/src/state/redis.ts';
-import { startEnvoy, type EnvoyInstance } from '../support/envoy.ts';
 import { startIdp, TOKEN_EXCHANGE_GRANT, type Idp } from '../support/idp.ts';
 import { startStreamableJsonServer, startStreamableSseServer, type McpTestServer, type ReceivedHttpRequest } from '../support/mcp-servers.ts';
 import { rawExchange } from '../support/mcp-scenarios.ts';
-import { startTestProcessor, type TestProcessor } from '../support/processor.ts';
+import { startReplicas, type Replica, type Replicas } from '../support/replicas.ts';
 import { startValkey, type ValkeyInstance } from '../support/valkey.ts';
 
 const GATEWAY = (name: string): string => `https://gateway.test/${name}/mcp`;
@@ -39,6 +38,7 @@ servers:
       resource: "${INTERNAL('exchanged')}"
       scopes: [tools.call]
       client: { id: gateway, secret: { env: ${SECRET_ENV} } }
+      actorTokenHeader: X-Agent-Token
       # Longer than Envoy's 2 s message_timeout: the processor asks Envoy for more time.
       timeoutMs: 2500
   - name: streamed
@@ -65,7 +65,7 @@ let valkey: ValkeyInstance;
 let idp: Idp;
 let redis: Redis;
 const servers: Record<string, McpTestServer> = {};
-const replicas: { proc: TestProcessor; envoy: EnvoyInstance }[] = [];
+let replicas: Replicas;
 /** Every user token handed to a client in this file: none may ever reach a server. */
 const userTokens = new Set<string>();
 
@@ -85,31 +85,22 @@ beforeAll(async () => {
   ]);
   redis = new Redis(valkey.url, { lazyConnect: true });
   await redis.connect();
-  for (let i = 0; i < 2; i++) {
-    const proc = await startTestProcessor(governance(idp.issuer, secretFile), { settings: { redisUrl: valkey.url, credentialCacheKeys: CACHE_KEYS } });
-    const envoy = await startEnvoy({
-      processor: { port: proc.grpcPort },
-      upstreams: Object.entries(servers).map(([name, s]) => ({ name, port: s.port, prefixes: [`/${name}/`] })),
-    });
-    replicas.push({ proc, envoy });
-  }
+  replicas = await startReplicas(
+    2,
+    governance(idp.issuer, secretFile),
+    { redisUrl: valkey.url, credentialCacheKeys: CACHE_KEYS },
+    Object.entries(servers).map(([name, s]) => ({ name, port: s.port, prefixes: [`/${name}/`] })),
+  );
 }, 120_000);
 
 afterAll(async () => {
-  for (const r of replicas) {
-    await r.envoy.stop();
-    await r.proc.stop();
-  }
+  await replicas.stop();
   redis.disconnect();
   await Promise.all([...Object.values(servers).map((s) => s.close()), idp.stop(), valkey.stop()]);
   Reflect.deleteProperty(process.env, SECRET_ENV);
 });
 
-const replica = (i: number): { proc: TestProcessor; envoy: EnvoyInstance } => {
-  const r = replicas[i];
-  if (r === undefined) throw new Error(`no replica ${i}`);
-  return r;
-};
+const replica = (i: number): Replica => replicas.at(i);
 const server = (name: string): McpTestServer => {
   const s = servers[name];
   if (s === undefined) throw new Error(`no server ${name}`);
@@ -171,6 +162,22 @@ describe('token swap', () => {
       expect(claims).toMatchObject({ aud: INTERNAL('exchanged'), sub: 'alice', act: { sub: 'agent-a' }, scope: 'tools.call', email: 'alice@example.com' });
       expect(r.authorization).not.toContain(token);
     }
+  });
+
+  it("sends the agent's own token as the actor when the agent presents one, and never forwards it", async () => {
+    const token = await userToken('alice', 'exchanged');
+    const agentToken = await idp.clientToken({ client: 'agent-b', resource: GATEWAY('exchanged') });
+    userTokens.add(agentToken);
+    const from = server('exchanged').received.http.length;
+    const res = await rawExchange(replica(0).envoy.url('/exchanged/mcp'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream', authorization: `Bearer ${token}`, 'x-agent-token': agentToken },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-11-25', capabilities: {}, clientInfo: { name: 't', version: '1' } } }),
+    });
+    expect(res.status).toBe(200);
+    const [r] = since(server('exchanged'), from);
+    expect(r?.token?.valid === true ? r.token.claims : undefined).toMatchObject({ aud: INTERNAL('exchanged'), sub: 'alice', act: { sub: 'agent-b' } });
+    expect(r?.headers['x-agent-token']).toBeUndefined();
   });
 
   it('exchanges with audience and client_secret_post for a server answering with SSE', async () => {

@@ -51,10 +51,10 @@ export class CredentialBroker {
    * The headers a request to `server` carries upstream: at once when the credential is in this replica's
    * cache (the common case, kept free of promises and hashing), else a promise. A failure is a GatewayError.
    */
-  obtain(server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Credential | Promise<Credential> {
+  obtain(server: ServerSpec, caller: Caller | undefined, bearer: string | undefined, actor?: string): Credential | Promise<Credential> {
     const plan = server.credential;
     try {
-      const hit = this.#cached(plan, server, caller, bearer);
+      const hit = this.#cached(plan, server, caller, bearer, actor);
       if (hit !== undefined) {
         this.#metrics.credentialLookup(server.name, plan.kind, hit.source);
         return hit;
@@ -62,7 +62,7 @@ export class CredentialBroker {
     } catch (err) {
       return Promise.reject(this.#failed(server, err));
     }
-    return this.#obtain(plan, server, caller, bearer).then(
+    return this.#obtain(plan, server, caller, bearer, actor).then(
       (credential) => {
         if (credential.source !== 'none') this.#metrics.credentialLookup(server.name, plan.kind, credential.source === 'fetched' ? 'exchanged' : credential.source);
         return credential;
@@ -84,7 +84,7 @@ export class CredentialBroker {
   }
 
   /** What needs no waiting: nothing, a static secret, or a credential in L1 (same object while it lasts). */
-  #cached(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Credential | undefined {
+  #cached(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined, actor: string | undefined): Credential | undefined {
     switch (plan.kind) {
       case 'none':
         return NONE;
@@ -92,7 +92,7 @@ export class CredentialBroker {
         return { strategy: plan.kind, headers: { [plan.header]: plan.prefix + plan.secret.value() }, key: undefined, source: 'static' };
       case 'tokenExchange':
       case 'clientCredentials': {
-        const memo = this.#memo(plan, server, caller, bearer);
+        const memo = this.#memo(plan, server, caller, bearer, actor);
         if (memo === undefined) return undefined;
         const token = this.#cache.peek(memo.key);
         if (token === undefined) return undefined;
@@ -110,7 +110,7 @@ export class CredentialBroker {
    * The cache key of a caller's credential for a plan, computed once per verified token: the verifier
    * hands out the same Caller for the same token, so a WeakMap on it forgets with the token.
    */
-  #memo(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Memo | undefined {
+  #memo(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined, actor: string | undefined): Memo | undefined {
     if (plan.kind === 'clientCredentials') {
       let memo = this.#gatewayKeys.get(plan);
       if (memo === undefined) {
@@ -123,6 +123,10 @@ export class CredentialBroker {
       return memo;
     }
     if (plan.kind !== 'tokenExchange' || caller === undefined || bearer === undefined) return undefined;
+    const user = caller.user;
+    const owner = { principal: `${user.issuer}|${user.subject}`, agent: caller.agent.id === '' ? undefined : caller.agent.id, token: user.tokenId ?? bearer };
+    // An agent's own token makes another credential (another actor); it may change from request to request.
+    if (actor !== undefined && actor !== '') return { key: cacheKey(owner, [server.name, ...plan.fingerprint, plan.subjectTokenType, bearer, actor]), credential: undefined };
     let perPlan = this.#callerKeys.get(caller);
     if (perPlan === undefined) {
       perPlan = new Map();
@@ -130,8 +134,6 @@ export class CredentialBroker {
     }
     let memo = perPlan.get(plan);
     if (memo === undefined) {
-      const user = caller.user;
-      const owner = { principal: `${user.issuer}|${user.subject}`, agent: caller.agent.id === '' ? undefined : caller.agent.id, token: user.tokenId ?? bearer };
       memo = { key: cacheKey(owner, [server.name, ...plan.fingerprint, plan.subjectTokenType, bearer]), credential: undefined };
       perPlan.set(plan, memo);
     }
@@ -160,9 +162,9 @@ export class CredentialBroker {
     if (dropped > 0) this.#log.info({ revocation: r.kind, dropped }, 'cached downstream credentials dropped');
   }
 
-  async #obtain(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined): Promise<Credential> {
+  async #obtain(plan: CredentialPlan, server: ServerSpec, caller: Caller | undefined, bearer: string | undefined, actor: string | undefined): Promise<Credential> {
     if (plan.kind !== 'tokenExchange' && plan.kind !== 'clientCredentials') throw new Error(`server ${server.name}: nothing to fetch for ${plan.kind}`);
-    const memo = this.#memo(plan, server, caller, bearer);
+    const memo = this.#memo(plan, server, caller, bearer, actor);
     if (memo === undefined) throw new Error(`server ${server.name}: token exchange without an authenticated caller`);
     const form: Record<string, string> =
       plan.kind === 'tokenExchange'
@@ -171,6 +173,7 @@ export class CredentialBroker {
             subject_token: bearer ?? '',
             subject_token_type: plan.subjectTokenType,
             requested_token_type: ACCESS_TOKEN_TYPE,
+            ...(actor === undefined || actor === '' ? {} : { actor_token: actor, actor_token_type: ACCESS_TOKEN_TYPE }),
             ...target(plan),
           }
         : { grant_type: 'client_credentials', ...target(plan) };

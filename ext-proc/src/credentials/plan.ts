@@ -36,7 +36,7 @@ interface OAuthInput extends HeaderInput {
 export type CredentialInput =
   | { readonly type: 'none' }
   | (HeaderInput & { readonly type: 'staticSecret'; readonly secret: SecretRef })
-  | (OAuthInput & { readonly type: 'tokenExchange'; readonly subjectTokenType?: 'access_token' | 'jwt' })
+  | (OAuthInput & { readonly type: 'tokenExchange'; readonly subjectTokenType?: 'access_token' | 'jwt'; readonly actorTokenHeader?: string })
   | (OAuthInput & { readonly type: 'clientCredentials'; readonly userHeader?: { readonly name: string; readonly value?: 'subject' | 'email' } });
 
 export type CredentialKind = CredentialInput['type'];
@@ -62,7 +62,7 @@ export interface OAuthPlan extends Injected {
 export type CredentialPlan =
   | { readonly kind: 'none' }
   | (Injected & { readonly kind: 'staticSecret'; readonly secret: Secret })
-  | (OAuthPlan & { readonly kind: 'tokenExchange'; readonly subjectTokenType: string })
+  | (OAuthPlan & { readonly kind: 'tokenExchange'; readonly subjectTokenType: string; readonly actorTokenHeader: string | undefined })
   | (OAuthPlan & { readonly kind: 'clientCredentials'; readonly userHeader: { readonly name: string; readonly value: 'subject' | 'email' } | undefined });
 
 export const NO_CREDENTIAL: CredentialPlan = { kind: 'none' };
@@ -82,7 +82,9 @@ export function compileCredential(input: CredentialInput | undefined, at: string
     throw new Error(`${at}: tokenExchange needs an authenticated caller (an identity section, and authentication not "none")`);
   }
   const oauth = compileOAuth(input, at, issuers);
-  if (input.type === 'tokenExchange') return { kind: 'tokenExchange', ...oauth, subjectTokenType: TOKEN_TYPE + (input.subjectTokenType ?? 'access_token') };
+  if (input.type === 'tokenExchange') {
+    return { kind: 'tokenExchange', ...oauth, subjectTokenType: TOKEN_TYPE + (input.subjectTokenType ?? 'access_token'), actorTokenHeader: input.actorTokenHeader?.toLowerCase() };
+  }
   if (input.userHeader !== undefined && !authenticates) throw new Error(`${at}.userHeader: needs an authenticated caller`);
   const userHeader = input.userHeader === undefined ? undefined : { name: input.userHeader.name.toLowerCase(), value: input.userHeader.value ?? 'subject' };
   return { kind: 'clientCredentials', ...oauth, userHeader };

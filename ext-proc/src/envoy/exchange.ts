@@ -204,7 +204,9 @@ export class Exchange {
     const authorization = this.requestHeaders.get('authorization');
     // authenticate() accepted it as "Bearer <token>" (any case, spaces or tabs around the token).
     const bearer = authorization === undefined ? undefined : authorization.slice(6).trim();
-    const found = this.ctx.credentials.obtain(server, this.caller, bearer);
+    const plan = server.credential;
+    const actor = plan.kind === 'tokenExchange' && plan.actorTokenHeader !== undefined ? this.requestHeaders.get(plan.actorTokenHeader) : undefined;
+    const found = this.ctx.credentials.obtain(server, this.caller, bearer, actor?.replace(/^bearer\s+/i, '').trim());
     if (!(found instanceof Promise)) {
       this.credential = found;
       this.credentialReady = true;

@@ -93,6 +93,7 @@ function credentialHeaders(server: ServerSpec): readonly string[] {
     const list = ['authorization'];
     if (plan.kind !== 'none' && plan.header !== 'authorization') list.push(plan.header);
     if (plan.kind === 'clientCredentials' && plan.userHeader !== undefined) list.push(plan.userHeader.name);
+    if (plan.kind === 'tokenExchange' && plan.actorTokenHeader !== undefined) list.push(plan.actorTokenHeader);
     names = list;
     credentialHeaderNames.set(server, names);
   }
