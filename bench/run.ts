@@ -693,7 +693,7 @@ function tokenSwapReport(summaries: readonly Summary[], comparisons: readonly To
     const total = Object.entries(lookups).filter(([k]) => k !== 'tokenEndpointRequests').reduce((n, [, v]) => n + v, 0);
     const hits = (lookups['l1'] ?? 0) + (lookups['l2'] ?? 0);
     out.push(
-      `  credential lookups over the whole run: ${total} (l1 ${lookups['l1'] ?? 0}, l2 ${lookups['l2'] ?? 0}, exchanged ${lookups['exchanged'] ?? 0}, coalesced ${lookups['coalesced'] ?? 0}); ` +
+      `  credential lookups of the token-exchange processor over both comparisons: ${total} (l1 ${lookups['l1'] ?? 0}, l2 ${lookups['l2'] ?? 0}, exchanged ${lookups['exchanged'] ?? 0}, coalesced ${lookups['coalesced'] ?? 0}); ` +
         `hit rate ${total === 0 ? 'n/a' : fmt.pct(hits / total)}; token endpoint requests ${lookups['tokenEndpointRequests'] ?? 0}`,
     );
   }
@@ -877,7 +877,6 @@ async function main(): Promise<void> {
     // The governed processor: a document naming the test IdP (in this process; the processor fetches
     // its discovery document and keys once, then verifies the same token from its cache).
     let governed: { proc: BenchProcess; port: number } | undefined;
-    let swap: { proc: BenchProcess; port: number; adminPort: number } | undefined;
     const swapOn = governedOn && settings.swapRounds > 0;
     if (governedOn) {
       idp = await startIdp({ users: GOV_USERS, tokenTtlSeconds: 3600, exchangeTokenTtlSeconds: 3600 });
@@ -897,7 +896,6 @@ async function main(): Promise<void> {
     }
     const [noop, real] = await Promise.all([startNoop(), startRealProcessor('mcp-ext-proc', path.join(repoRoot, 'bench', 'governance.yaml'))]);
     if (governedOn) governed = await startRealProcessor('mcp-ext-proc-governed', path.join(scratch, 'governance-governed.yaml'));
-    if (swapOn) swap = await startRealProcessor('mcp-ext-proc-governed-swap', path.join(scratch, 'governance-governed-swap.yaml'));
     const anonUpstreams: EnvoyUpstream[] = [
       { name: 'bench-json', port: up.port, prefixes: [JSON_PREFIX] },
       { name: 'bench-sse', port: up.port, prefixes: [SSE_PREFIX] },
@@ -907,7 +905,6 @@ async function main(): Promise<void> {
     setups.push(await startSetup('noop', [...anonUpstreams, ...govUpstreams], noop));
     setups.push(await startSetup('mcp-ext-proc', anonUpstreams, real));
     if (governed !== undefined) setups.push(await startSetup('governed', govUpstreams, governed));
-    if (swap !== undefined) setups.push(await startSetup('governed-swap', govUpstreams, swap));
     const realSetup = setups[2];
     if (realSetup === undefined) throw new Error('unreachable');
     log(
@@ -924,13 +921,6 @@ async function main(): Promise<void> {
     const warmupRate = (w: Workload): number => (w.governed ? govWarmupRate : settings.warmupRate);
     log(`warm-up: ${settings.warmupSeconds} s at ${settings.warmupRate} rps per setup and workload${governedOn ? ` (governed workloads: ${govWarmupRate} rps)` : ''}`);
     for (const workload of workloads) for (const setup of setupsFor(setups, workload)) await measure(setup, workload, warmupRate(workload), settings.warmupSeconds);
-    const swapSetup = setups.find((x) => x.id === 'governed-swap');
-    const govCall = governedWorkloads.find((w) => w.id === 'gov-call');
-    if (swapSetup !== undefined && govCall !== undefined) {
-      // The first request exchanges the token; every later one finds the credential cached.
-      await preflight(swapSetup, govCall);
-      await measure(swapSetup, govCall, govWarmupRate, settings.warmupSeconds);
-    }
     const idle = await idleCpu(setups);
     const countersBefore = await Promise.all(setups.map(envoyCounters));
 
@@ -985,40 +975,46 @@ async function main(): Promise<void> {
       }
     }
 
-    // Token swap: the governed call with and without the credential step, interleaved pair by pair.
+    // Token swap: the governed call with and without the credential step. Two fresh processors with the
+    // same document, one with token exchange for the governed server, each behind its own Envoy: the same
+    // history (the main governed processor has served the heavy list, which changes its heap and JIT
+    // state), so only the credential step differs. Through Envoy, then the processors alone.
     const swapCells: Cell[] = [];
-    const swapGov = setups.find((x) => x.id === 'governed');
     const swapRates = [rates.json, ...(settings.lowRate > 0 && settings.lowRate !== rates.json ? [settings.lowRate] : [])];
-    if (swapSetup !== undefined && swapGov !== undefined && govCall !== undefined) {
-      for (const rate of swapRates) {
-        log(`token swap: ${govCall.id} at ${rate} rps on governed and governed + token exchange: ${settings.swapRounds} rounds × ${settings.swapSeconds} s`);
-        await measurePair([swapGov, swapSetup], govCall, rate, settings.swapSeconds, settings.swapRounds, swapCells);
-      }
-    }
-    // The same comparison without Envoy: both processors fed the governed call's ext_proc messages directly.
-    let processorPair: ProcessorPairResult | undefined;
+    const govCall = governedWorkloads.find((w) => w.id === 'gov-call');
     const directSetup = setups.find((x) => x.id === 'direct');
-    if (swap !== undefined && governed !== undefined && govCall !== undefined && directSetup !== undefined) {
-      const target = targetFor(directSetup, govCall);
-      const upstreamAnswer = await (await fetch(target.url, { method: 'POST', headers: target.headers, body: target.body })).text();
-      const { url: _url, ...request } = target;
-      const messages = jsonExchange(GOV_PATH, request.headers, request.body, upstreamAnswer);
-      // Two fresh processors with the two documents: the same history (none), so only the credential step differs.
-      const freshGov = await startRealProcessor('pair-governed', path.join(scratch, 'governance-governed.yaml'));
-      const freshSwap = await startRealProcessor('pair-governed-swap', path.join(scratch, 'governance-governed-swap.yaml'));
-      log(`token swap, processors alone (fresh pair): ${settings.swapRounds} rounds × ${settings.pairExchanges} exchanges to each, interleaved`);
+    let processorPair: ProcessorPairResult | undefined;
+    let credentialLookups: Record<string, number> | undefined;
+    const swapLogs: Record<string, { errors: number; warnings: number; examples: string[] }> = {};
+    if (swapOn && govCall !== undefined && directSetup !== undefined) {
+      const pairGov = await startRealProcessor('pair-governed', path.join(scratch, 'governance-governed.yaml'));
+      const pairSwap = await startRealProcessor('pair-governed-swap', path.join(scratch, 'governance-governed-swap.yaml'));
+      const pair = [await startSetup('governed', govUpstreams, pairGov), await startSetup('governed-swap', govUpstreams, pairSwap)] as const;
       try {
-        processorPair = await measureProcessorPair({ grpcPort: freshGov.port, pid: freshGov.proc.pid }, { grpcPort: freshSwap.port, pid: freshSwap.proc.pid }, messages, {
+        // The first request through the token-exchange processor exchanges the token; every later one finds it cached.
+        for (const setup of pair) await preflight(setup, govCall);
+        for (const rate of swapRates) {
+          log(`token swap: ${govCall.id} at ${rate} rps on a fresh governed and governed + token exchange pair: ${settings.swapRounds} rounds × ${settings.swapSeconds} s`);
+          await measurePair(pair, govCall, rate, settings.swapSeconds, settings.swapRounds, swapCells);
+        }
+        const target = targetFor(directSetup, govCall);
+        const upstreamAnswer = await (await fetch(target.url, { method: 'POST', headers: target.headers, body: target.body })).text();
+        const messages = jsonExchange(GOV_PATH, target.headers, target.body, upstreamAnswer);
+        log(`token swap, processors alone: ${settings.swapRounds} rounds × ${settings.pairExchanges} exchanges to each, interleaved`);
+        processorPair = await measureProcessorPair({ grpcPort: pairGov.port, pid: pairGov.proc.pid }, { grpcPort: pairSwap.port, pid: pairSwap.proc.pid }, messages, {
           rounds: settings.swapRounds,
           exchanges: settings.pairExchanges,
           concurrency: 10,
         });
+        for (const [i, r] of processorPair.ratios.entries()) log(`  round ${i + 1}: ${fmt.us(processorPair.a[i])} → ${fmt.us(processorPair.b[i])} µs/exchange, ×${r.toFixed(3)}`);
+        credentialLookups = await credentialMetrics(pairSwap.adminPort);
+        swapLogs['pair: mcp-ext-proc governed'] = await processorLogProblems(pairGov.proc);
+        swapLogs['pair: mcp-ext-proc governed + token exchange'] = await processorLogProblems(pairSwap.proc);
       } finally {
-        await Promise.all([freshGov.proc.stop(), freshSwap.proc.stop()]);
+        await Promise.allSettled(pair.map((setup) => setup.envoy.stop()));
+        await Promise.allSettled([pairGov.proc.stop(), pairSwap.proc.stop()]);
       }
-      for (const [i, r] of processorPair.ratios.entries()) log(`  round ${i + 1}: ${fmt.us(processorPair.a[i])} → ${fmt.us(processorPair.b[i])} µs/exchange, ×${r.toFixed(3)}`);
     }
-    const credentialLookups = swap === undefined ? undefined : await credentialMetrics(swap.adminPort);
 
     const countersAfter = await Promise.all(setups.map(envoyCounters));
     const counterDelta = (from: Record<string, number>[], to: Record<string, number>[]): Record<string, Record<string, number>> =>
@@ -1044,10 +1040,7 @@ async function main(): Promise<void> {
       procLogs['mcp-ext-proc governed'] = await processorLogProblems(governed.proc);
       alive['mcp-ext-proc governed'] = !governed.proc.hasExited();
     }
-    if (swap !== undefined) {
-      procLogs['mcp-ext-proc governed + token exchange'] = await processorLogProblems(swap.proc);
-      alive['mcp-ext-proc governed + token exchange'] = !swap.proc.hasExited();
-    }
+    Object.assign(procLogs, swapLogs);
 
     // ------------------------------------------------------------------ report
     const sections: string[] = [];
