@@ -121,7 +121,9 @@ export async function startService(settings: Settings, options: ServiceOptions =
   const revocations = new Revocations(state, { failureMode, clockSkewSeconds: document.identity?.clockSkewSeconds ?? 0 });
   await revocations.ready();
   const credentials = new CredentialBroker(createCredentialCache(settings, state, metrics, log), metrics, log);
-  revocations.onRevoked((r) => void credentials.revoked(r));
+  revocations.onRevoked((r) => {
+    credentials.revoked(r).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not drop cached credentials of a revocation'));
+  });
 
   const ctx: ProcessorContext = {
     document: () => document,

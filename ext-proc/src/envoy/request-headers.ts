@@ -74,7 +74,8 @@ export async function onRequestHeaders(ex: Exchange, msg: HttpHeaders, attrs: Re
     // A request with a body gets its credential with the body's answer; one without (GET, DELETE) now.
     if (ex.httpMethod !== 'POST' || msg.end_of_stream === true) {
       const credential = await ex.awaitCredential();
-      if (credential !== undefined) header_mutation = mutation(credential.headers, remove);
+      // Set replaces what the client sent; removing the same name as well would leave it to Envoy's order.
+      if (credential !== undefined) header_mutation = mutation(credential.headers, remove.filter((name) => !(name in credential.headers)));
     }
   }
   return {
