@@ -84,6 +84,8 @@ beforeAll(async () => {
     startStreamableJsonServer({ pathPrefix: '/open' }),
   ]);
   redis = new Redis(valkey.url, { lazyConnect: true });
+  // Valkey is stopped on purpose near the end; the reconnect attempts that follow are expected.
+  redis.on('error', () => undefined);
   await redis.connect();
   replicas = await startReplicas(
     2,
@@ -371,6 +373,28 @@ describe('token swap', () => {
     expect(count(/^mcp_ext_proc_credential_exchange_duration_seconds_count\{.*outcome="ok"/)).toBeGreaterThan(0);
     const l2 = await (await fetch(`http://127.0.0.1:${replica(1).proc.adminPort}/metrics`)).text();
     expect(l2).toMatch(/mcp_ext_proc_credential_lookups_total\{[^}]*source="l2"[^}]*\} [1-9]/);
+  });
+
+  it('keeps serving cached credentials with Redis down, and refuses what it cannot check', async () => {
+    const cached = await userToken('alice', 'exchanged');
+    const fresh = await userToken('alice', 'exchanged');
+    const client = await connect('exchanged', cached);
+    const from = server('exchanged').received.http.length;
+    try {
+      await client.listTools();
+      await valkey.stop();
+      // The session's owner, the caller's revocation check and the credential are all in this replica's memory.
+      const echoed = await client.callTool({ name: 'echo', arguments: { text: 'redis is down' } });
+      expect(JSON.stringify(echoed.content)).toContain('redis is down');
+    } finally {
+      await client.close().catch(() => undefined);
+    }
+    expect(since(server('exchanged'), from).every((r) => r.token?.valid === true)).toBe(true);
+    // A token never seen cannot be checked for revocation: refused before any credential (failureMode: closed).
+    expect(await initialize('exchanged', fresh)).toMatchObject({ status: 503, code: 'ERR_STATE_UNAVAILABLE' });
+    const ready = await fetch(`http://127.0.0.1:${replica(0).proc.adminPort}/readyz`);
+    expect(ready.status).toBe(503);
+    expect((await fetch(`http://127.0.0.1:${replica(0).proc.adminPort}/healthz`)).status).toBe(200);
   });
 
   it('never let a user token reach any server', () => {
