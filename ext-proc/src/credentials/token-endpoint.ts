@@ -10,7 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { decodeJwt, importPKCS8, SignJWT } from 'jose';
 import { GatewayError, type ErrorCode } from '../errors.ts';
-import { FetchFailure, fetchJson, metadataUrls, networkReason } from '../identity/issuers.ts';
+import { discoverEndpoint, networkReason } from '../identity/issuers.ts';
 import type { Secret } from './secret.ts';
 
 export type ClientAuthMethod = 'client_secret_basic' | 'client_secret_post' | 'private_key_jwt';
@@ -188,7 +188,7 @@ export class TokenEndpoint {
     if (Date.now() - this.#discoveryFailedAt < DISCOVERY_RETRY_MS && this.#discoveryFailure !== undefined) return Promise.reject(this.#discoveryFailure);
     const issuer = this.#options.issuer;
     if (issuer === undefined) return Promise.reject(new Error('a token endpoint needs an issuer or a url'));
-    const pending = discoverTokenEndpoint(issuer, signal, this.#options.timeoutMs)
+    const pending = discoverEndpoint(issuer, 'token_endpoint', signal, this.#options.timeoutMs)
       .then((url) => {
         this.#url = url;
         return url;
@@ -207,26 +207,6 @@ export class TokenEndpoint {
     this.#discovering = pending;
     return pending;
   }
-}
-
-async function discoverTokenEndpoint(issuer: string, signal: AbortSignal, timeoutMs: number): Promise<string> {
-  const problems: string[] = [];
-  for (const url of metadataUrls(issuer)) {
-    let doc: unknown;
-    try {
-      doc = await fetchJson(url, signal, timeoutMs, 'metadata');
-    } catch (err) {
-      if (!(err instanceof FetchFailure)) throw err;
-      problems.push(err.message);
-      continue;
-    }
-    const meta = typeof doc === 'object' && doc !== null ? (doc as Record<string, unknown>) : {};
-    const endpoint = meta['token_endpoint'];
-    if (meta['issuer'] !== issuer) problems.push(`metadata at ${url} is for another issuer`);
-    else if (typeof endpoint !== 'string' || !URL.canParse(endpoint)) problems.push(`metadata at ${url} has no valid "token_endpoint"`);
-    else return endpoint;
-  }
-  throw new Error(problems.join('; '));
 }
 
 function secretValue(client: OAuthClient): string {

@@ -132,29 +132,9 @@ export class IssuerKeys {
   }
 
   async #discover(signal: AbortSignal): Promise<string> {
-    const problems: string[] = [];
-    for (const url of metadataUrls(this.#endpoint.issuer)) {
-      let doc: unknown;
-      try {
-        doc = await fetchJson(url, signal, this.#fetchTimeoutMs, 'metadata');
-      } catch (err) {
-        if (!(err instanceof FetchFailure)) throw err;
-        problems.push(err.message);
-        continue;
-      }
-      const issuer = isObject(doc) ? doc.issuer : undefined;
-      const jwksUri = isObject(doc) ? doc.jwks_uri : undefined;
-      // OIDC Discovery §4.3 / RFC 8414 §3.3: metadata for another issuer must not be used.
-      if (issuer !== this.#endpoint.issuer) {
-        problems.push(`metadata at ${url} names issuer ${describe(issuer)}, expected ${JSON.stringify(this.#endpoint.issuer)}`);
-      } else if (typeof jwksUri !== 'string' || !URL.canParse(jwksUri)) {
-        problems.push(`metadata at ${url} has no valid "jwks_uri"`);
-      } else {
-        this.#jwksUri = jwksUri;
-        return jwksUri;
-      }
-    }
-    throw new FetchFailure(`discovery failed: ${problems.join('; ')}`);
+    const jwksUri = await discoverEndpoint(this.#endpoint.issuer, 'jwks_uri', signal, this.#fetchTimeoutMs);
+    this.#jwksUri = jwksUri;
+    return jwksUri;
   }
 
   #unavailable(cause?: unknown): GatewayError {
@@ -167,6 +147,31 @@ export class IssuerKeys {
       cause === undefined ? {} : { cause },
     );
   }
+}
+
+/**
+ * An endpoint URL (`jwks_uri`, `token_endpoint`, …) from the issuer's metadata: OIDC Discovery, then
+ * RFC 8414. Metadata naming another issuer is not used (OIDC Discovery §4.3, RFC 8414 §3.3). Throws a
+ * FetchFailure listing what each document lacked.
+ */
+export async function discoverEndpoint(issuer: string, field: string, signal: AbortSignal, timeoutMs: number): Promise<string> {
+  const problems: string[] = [];
+  for (const url of metadataUrls(issuer)) {
+    let doc: unknown;
+    try {
+      doc = await fetchJson(url, signal, timeoutMs, 'metadata');
+    } catch (err) {
+      if (!(err instanceof FetchFailure)) throw err;
+      problems.push(err.message);
+      continue;
+    }
+    const named = isObject(doc) ? doc.issuer : undefined;
+    const endpoint = isObject(doc) ? doc[field] : undefined;
+    if (named !== issuer) problems.push(`metadata at ${url} names issuer ${describe(named)}, expected ${JSON.stringify(issuer)}`);
+    else if (typeof endpoint !== 'string' || !URL.canParse(endpoint)) problems.push(`metadata at ${url} has no valid "${field}"`);
+    else return endpoint;
+  }
+  throw new FetchFailure(`discovery failed: ${problems.join('; ')}`);
 }
 
 /** A failed round-trip to an IdP; the message names the URL and what went wrong. */
